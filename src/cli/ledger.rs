@@ -1,0 +1,203 @@
+//! Subcommands that read or prepare a ledger: `verify`, `log`, `migrate`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use futures::StreamExt;
+
+use super::{CliError, exit};
+use crate::record::verify::{Report, Verifier};
+use crate::store::{self, LedgerUrl, ProvenanceRow, Store, StoreOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The ledger: sqlite://PATH or postgres://USER@HOST/DB [default: $XDG_DATA_HOME/mcp-ledger/ledger.db]
+    #[arg(long, env = "MCP_LEDGER_URL")]
+    pub ledger: Option<String>,
+}
+
+impl LedgerArgs {
+    pub fn url(&self) -> Result<LedgerUrl, CliError> {
+        match &self.ledger {
+            Some(url) => LedgerUrl::parse(url).map_err(|e| CliError::Usage(e.into())),
+            None => Ok(LedgerUrl::default_sqlite()),
+        }
+    }
+
+    /// Opens the ledger for reading: never creates or migrates one.
+    async fn open_existing(&self) -> Result<Arc<dyn Store>, anyhow::Error> {
+        let url = self.url().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let LedgerUrl::Sqlite(path) = &url
+            && !path.exists()
+        {
+            anyhow::bail!("no ledger at {}", path.display());
+        }
+        let options = StoreOptions {
+            migrate: false,
+            ..StoreOptions::default()
+        };
+        store::open(&url, &options)
+            .await
+            .with_context(|| format!("cannot open the ledger {url}"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Streams every event through the verifier.
+pub async fn verify_store(store: &dyn Store) -> Result<Report, anyhow::Error> {
+    let mut verifier = Verifier::new();
+    let mut events = store.events();
+    while let Some(event) = events.next().await {
+        verifier.push(&event.context("cannot read the ledger")?);
+    }
+    Ok(verifier.finish())
+}
+
+pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
+    let store = args
+        .ledger
+        .open_existing()
+        .await
+        .map_err(CliError::CouldNotCheck)?;
+    let report = verify_store(store.as_ref())
+        .await
+        .map_err(CliError::CouldNotCheck)?;
+    store.close().await;
+    if args.json {
+        let status = if report.intact() {
+            "intact"
+        } else {
+            "tampered"
+        };
+        let mut value = serde_json::to_value(&report).expect("a report serialises");
+        value["status"] = status.into();
+        println!("{value}");
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.intact() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}
+
+pub fn print_report(report: &Report) {
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let chains = report.chains.len();
+    if report.intact() {
+        let heads: Vec<String> = report
+            .chains
+            .iter()
+            .map(|c| format!("{} at seq {} (head {})", c.chain_id, c.seq, &c.hash[..16]))
+            .collect();
+        println!(
+            "intact: {} events in {chains} chain(s); every hash and link checks out{}{}",
+            report.events,
+            if heads.is_empty() { "" } else { ": " },
+            heads.join(", ")
+        );
+    } else {
+        println!(
+            "TAMPERED: {} finding(s) in {} events across {chains} chain(s)",
+            report.findings.len(),
+            report.events
+        );
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    /// How many of the most recent calls to show
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Print one JSON object per line instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn log(args: LogArgs) -> Result<u8, CliError> {
+    let store = args
+        .ledger
+        .open_existing()
+        .await
+        .map_err(CliError::Failed)?;
+    let rows = store
+        .provenance(args.limit)
+        .await
+        .map_err(|e| CliError::Failed(e.into()))?;
+    store.close().await;
+    if args.json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row).expect("a row serialises"));
+        }
+    } else {
+        println!("{}", provenance_table(&rows));
+    }
+    Ok(exit::OK)
+}
+
+/// The provenance rows as a terminal table (the columns a reader scans first).
+pub fn provenance_table(rows: &[ProvenanceRow]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "timestamp",
+        "agent",
+        "server",
+        "action",
+        "outcome",
+        "authorized_by",
+        "input_ref",
+        "output_ref",
+    ]);
+    let short = |r: &Option<String>| {
+        r.as_deref()
+            .map(|r| r.chars().take(19).collect::<String>() + "…")
+            .unwrap_or_default()
+    };
+    for row in rows {
+        table.add_row([
+            row.timestamp.clone(),
+            row.agent.clone().unwrap_or_default(),
+            row.server.clone().unwrap_or_default(),
+            row.action.clone().unwrap_or_default(),
+            match &row.error {
+                Some(error) => format!(
+                    "{} ({})",
+                    row.outcome,
+                    error.chars().take(40).collect::<String>()
+                ),
+                None => row.outcome.clone(),
+            },
+            row.authorized_by.clone().unwrap_or_default(),
+            short(&row.input_ref),
+            short(&row.output_ref),
+        ]);
+    }
+    table
+}
+
+pub async fn migrate(args: LedgerArgs) -> Result<u8, CliError> {
+    let url = args.url()?;
+    let store = store::open(&url, &StoreOptions::default())
+        .await
+        .with_context(|| format!("cannot migrate the ledger {url}"))
+        .map_err(CliError::Failed)?;
+    store.close().await;
+    println!("the ledger schema at {url} is up to date");
+    Ok(exit::OK)
+}

@@ -1,0 +1,115 @@
+//! The `mcp-ledger` command line: argument parsing, output formatting and exit codes. Everything
+//! it does goes through the library API.
+
+mod bench;
+mod demo;
+mod ledger;
+mod stdio;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use ledger::LedgerArgs;
+
+/// Exit codes shared by every subcommand.
+pub mod exit {
+    /// The ledger verified, or the command did what it was asked.
+    pub const OK: u8 = 0;
+    /// The command failed (for `verify`: the ledger was tampered with).
+    pub const FAILURE: u8 = 1;
+    /// `verify` could not check the ledger.
+    pub const COULD_NOT_CHECK: u8 = 2;
+    /// Bad command line or configuration (sysexits `EX_USAGE`).
+    pub const USAGE: u8 = 64;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-ledger",
+    version,
+    about = "A transparent MCP proxy that records every tool call in a tamper-evident ledger before forwarding it"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve one agent over stdio and relay to an upstream MCP server started as a child process
+    Stdio(stdio::StdioArgs),
+    /// Recompute every hash and link; exit 0 intact, 1 tampered, 2 could not check
+    Verify(ledger::VerifyArgs),
+    /// Show recorded tool calls (the provenance view), newest last
+    Log(ledger::LogArgs),
+    /// Create or update the ledger schema (and, in Postgres, the writer and auditor roles)
+    Migrate(LedgerArgs),
+    /// Run the built-in demo: an agent, the proxy and a customer-operations server, end to end
+    Demo(demo::DemoArgs),
+    /// Measure the latency the proxy adds to a tools/call, against a direct connection
+    Bench(bench::BenchArgs),
+    /// The demo's customer-operations MCP server, on stdio (used by `demo` and the tests)
+    #[command(hide = true)]
+    DemoServer {
+        /// Append every tools/call the server receives to this file, one JSON line each
+        #[arg(long)]
+        call_log: Option<std::path::PathBuf>,
+    },
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Stdio(args) => stdio::run(args).await,
+        Command::Verify(args) => ledger::verify(args).await,
+        Command::Log(args) => ledger::log(args).await,
+        Command::Migrate(args) => ledger::migrate(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::DemoServer { call_log } => crate::demo::server::serve_stdio(call_log)
+            .await
+            .map(|()| exit::OK)
+            .map_err(CliError::Failed),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("mcp-ledger: {error:#}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// A failed command: what went wrong, and which exit code says so.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0:#}")]
+    Usage(anyhow::Error),
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    #[error("{0:#}")]
+    CouldNotCheck(anyhow::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => exit::USAGE,
+            CliError::Failed(_) => exit::FAILURE,
+            CliError::CouldNotCheck(_) => exit::COULD_NOT_CHECK,
+        }
+    }
+}
+
+/// Installs the stderr logger. Stdout belongs to the protocol (in `stdio`) or to the command's
+/// output, so logs never go there.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_LEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mcp_ledger=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

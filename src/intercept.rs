@@ -1,0 +1,302 @@
+//! What happens to one crossing of the boundary, independent of transport: decide whether a
+//! message is recorded, build its event, and wait for the commit before the caller may forward it.
+//!
+//! The proxy calls [`SessionRecorder::begin`] for a request before forwarding it and
+//! [`SessionRecorder::finish`] for the matching response before delivering it; each returns only
+//! once the event is durably committed, or fails so that the proxy can fail closed.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::record::{Draft, EventType, Payload};
+use crate::store::writer::{AppendError, Ledger};
+
+/// Which side sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A request from the agent (MCP client) to the upstream server.
+    FromAgent,
+    /// A request from the upstream server to the agent (sampling, elicitation, roots).
+    FromServer,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::FromAgent => "agent_to_server",
+            Direction::FromServer => "server_to_agent",
+        }
+    }
+}
+
+/// The requests recorded besides `tools/call`, by who sends them.
+#[derive(Debug, Clone)]
+pub struct RecordedMethods {
+    pub from_agent: Vec<String>,
+    pub from_server: Vec<String>,
+}
+
+impl Default for RecordedMethods {
+    fn default() -> Self {
+        RecordedMethods {
+            from_agent: vec!["resources/read".into(), "prompts/get".into()],
+            from_server: vec!["sampling/createMessage".into(), "elicitation/create".into()],
+        }
+    }
+}
+
+/// Who and what a session records events for.
+#[derive(Debug, Clone)]
+pub struct SessionIdentity {
+    pub session_id: String,
+    pub agent: String,
+    pub server: String,
+    /// How the agent reached the proxy: `stdio` or `http`.
+    pub transport: &'static str,
+    /// A description of the upstream for the session record (never its secrets).
+    pub upstream: String,
+}
+
+/// A recorded request whose response is still to come.
+#[derive(Debug, Clone)]
+pub struct OpenCall {
+    pub call_id: String,
+    method: String,
+    tool: Option<String>,
+    request_id: String,
+    started: Instant,
+}
+
+/// How a recorded request ended.
+pub enum Completion<'a> {
+    /// A JSON-RPC `result`.
+    Result(&'a Value),
+    /// A JSON-RPC `error` object.
+    Error(&'a Value),
+    /// No response will come: the peer went away, the call was cancelled, or the session ended.
+    NoResponse { reason: &'a str },
+}
+
+/// Why a crossing could not be recorded. The proxy answers it with an error and forwards nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the ledger could not commit the event: {0}")]
+    Ledger(#[from] AppendError),
+    #[error("the message cannot be recorded: {0}")]
+    Unrecordable(#[from] crate::record::CanonicalError),
+}
+
+/// Records the crossings of one agent session with one upstream server.
+#[derive(Clone)]
+pub struct SessionRecorder {
+    ledger: Ledger,
+    identity: SessionIdentity,
+    recorded: std::sync::Arc<RecordedMethods>,
+}
+
+impl OpenCall {
+    /// The JSON-RPC id of the request, as its sender wrote it.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+
+impl SessionRecorder {
+    pub fn new(ledger: Ledger, identity: SessionIdentity, recorded: RecordedMethods) -> Self {
+        SessionRecorder {
+            ledger,
+            identity,
+            recorded: std::sync::Arc::new(recorded),
+        }
+    }
+
+    pub fn identity(&self) -> &SessionIdentity {
+        &self.identity
+    }
+
+    /// Whether a request with `method` sent by `direction` is recorded.
+    pub fn records(&self, direction: Direction, method: &str) -> bool {
+        match direction {
+            Direction::FromAgent => {
+                method == "tools/call" || self.recorded.from_agent.iter().any(|m| m == method)
+            }
+            Direction::FromServer => self.recorded.from_server.iter().any(|m| m == method),
+        }
+    }
+
+    fn draft(&self, event_type: EventType, data: Value) -> Draft {
+        let mut draft = Draft::new(event_type, data);
+        draft.session_id = Some(self.identity.session_id.clone());
+        draft.agent = Some(self.identity.agent.clone());
+        draft.server = Some(self.identity.server.clone());
+        draft
+    }
+
+    /// Records `session_start` once the upstream has answered `initialize`.
+    pub async fn session_started(
+        &self,
+        initialize_params: &Value,
+        initialize_result: &Value,
+    ) -> Result<(), RecordError> {
+        let data = json!({
+            "transport": self.identity.transport,
+            "upstream": self.identity.upstream,
+            "client_info": initialize_params.get("clientInfo"),
+            "client_capabilities": initialize_params.get("capabilities"),
+            "requested_protocol_version": initialize_params.get("protocolVersion"),
+            "protocol_version": initialize_result.get("protocolVersion"),
+            "server_info": initialize_result.get("serverInfo"),
+            "server_capabilities": initialize_result.get("capabilities"),
+        });
+        self.ledger
+            .append(self.draft(EventType::SessionStart, data))
+            .await?;
+        Ok(())
+    }
+
+    /// Records `session_end`.
+    pub async fn session_ended(&self, reason: &str) -> Result<(), RecordError> {
+        let draft = self.draft(EventType::SessionEnd, json!({ "reason": reason }));
+        self.ledger.append(draft).await?;
+        Ok(())
+    }
+
+    /// Records a request before it is forwarded. `request_id` is the JSON-RPC id as the sender
+    /// wrote it. Returns once the event is committed.
+    pub async fn begin(
+        &self,
+        direction: Direction,
+        method: &str,
+        request_id: &str,
+        params: Option<&Value>,
+    ) -> Result<OpenCall, RecordError> {
+        let call_id = uuid::Uuid::now_v7().to_string();
+        let null = Value::Null;
+        let params = params.unwrap_or(&null);
+        let is_tool_call = direction == Direction::FromAgent && method == "tools/call";
+        let (event_type, tool, input) = if is_tool_call {
+            let tool = params
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            (
+                EventType::ToolCall,
+                tool,
+                params.get("arguments").unwrap_or(&null),
+            )
+        } else {
+            (EventType::Request, None, params)
+        };
+        let input = Payload::of(input)?;
+        let mut data = json!({
+            "call_id": call_id,
+            "request_id": request_id,
+            "method": method,
+            "direction": direction.as_str(),
+            "input_ref": input.reference,
+            "input_size": input.size(),
+        });
+        if is_tool_call {
+            // No policy layer yet: every call is allowed by default and says so.
+            let fields = data.as_object_mut().expect("built as an object");
+            fields.insert("tool".into(), json!(tool));
+            fields.insert("target".into(), Value::Null);
+            fields.insert("decision".into(), json!("allow"));
+            fields.insert("authorized_by".into(), json!("default:allow"));
+            fields.insert("cost_credits".into(), json!(0));
+        }
+        let mut draft = self.draft(event_type, data);
+        draft.payloads.push(input);
+        self.ledger.append(draft).await?;
+        Ok(OpenCall {
+            call_id,
+            method: method.to_owned(),
+            tool,
+            request_id: request_id.to_owned(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Records the response to `call` before it is delivered. Returns once committed.
+    pub async fn finish(
+        &self,
+        call: &OpenCall,
+        completion: Completion<'_>,
+    ) -> Result<(), RecordError> {
+        let event_type = if call.tool.is_some() || call.method == "tools/call" {
+            EventType::ToolResult
+        } else {
+            EventType::Response
+        };
+        let mut data = json!({
+            "call_id": call.call_id,
+            "request_id": call.request_id,
+            "method": call.method,
+            "duration_ms": u64::try_from(call.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        let fields = data.as_object_mut().expect("built as an object");
+        if let Some(tool) = &call.tool {
+            fields.insert("tool".into(), json!(tool));
+        }
+        let mut payloads = Vec::new();
+        match completion {
+            Completion::Result(result) => {
+                let is_tool_error = result.get("isError").and_then(Value::as_bool) == Some(true);
+                let outcome = if is_tool_error { "tool_error" } else { "ok" };
+                let body = Payload::of(result)?;
+                fields.insert("outcome".into(), json!(outcome));
+                fields.insert("output_ref".into(), json!(body.reference));
+                fields.insert("output_size".into(), json!(body.size()));
+                payloads.push(body);
+            }
+            Completion::Error(error) => {
+                let body = Payload::of(error)?;
+                fields.insert("outcome".into(), json!("error"));
+                fields.insert("output_ref".into(), json!(body.reference));
+                fields.insert("output_size".into(), json!(body.size()));
+                fields.insert("error".into(), json!(summarize_error(error)));
+                payloads.push(body);
+            }
+            Completion::NoResponse { reason } => {
+                fields.insert("outcome".into(), json!("no_response"));
+                fields.insert("output_ref".into(), Value::Null);
+                fields.insert("error".into(), json!(reason));
+            }
+        }
+        let mut draft = self.draft(event_type, data);
+        draft.payloads = payloads;
+        self.ledger.append(draft).await?;
+        Ok(())
+    }
+}
+
+/// `code N: message`, bounded and free of NUL characters (which Postgres cannot store in JSON),
+/// for the provenance view's `error` column. The whole error object is in the output payload.
+fn summarize_error(error: &Value) -> String {
+    const MAX_CHARS: usize = 500;
+    let code = error
+        .get("code")
+        .map(Value::to_string)
+        .unwrap_or_else(|| "?".into());
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    let summary: String = format!("code {code}: {message}")
+        .chars()
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .take(MAX_CHARS)
+        .collect();
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_summaries_are_bounded_and_storable() {
+        let error = json!({"code": -32602, "message": format!("bad\0{}", "x".repeat(1000))});
+        let summary = summarize_error(&error);
+        assert!(summary.starts_with("code -32602: bad\u{FFFD}x"));
+        assert_eq!(summary.chars().count(), 500);
+    }
+}

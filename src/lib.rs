@@ -1,0 +1,9 @@
+//! mcp-ledger: a transparent MCP proxy that durably records every crossing in a hash-chained
+//! ledger before forwarding it. See ARCHITECTURE.md for the map of the code.
+
+pub mod cli;
+pub mod demo;
+pub mod intercept;
+pub mod proxy;
+pub mod record;
+pub mod store;

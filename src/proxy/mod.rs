@@ -1,0 +1,8 @@
+//! Transports and message routing: everything that knows the MCP wire format.
+//!
+//! **Invariant:** the proxy forwards the bytes it received. It parses only the routing fields
+//! ([`jsonrpc::Envelope`]) and builds a message of its own only to refuse one.
+
+pub mod jsonrpc;
+pub mod relay;
+pub mod stdio;

@@ -1,0 +1,494 @@
+//! The message pump between an agent and an upstream server that both speak newline-delimited
+//! JSON-RPC (the stdio framing).
+//!
+//! Each direction has a reader and a forwarder. The reader classifies every line at once and,
+//! when the line must be recorded, starts the recording in its own task; the forwarder sends lines
+//! on strictly in the order they arrived, each only once its recording has committed. So commits
+//! of concurrent calls overlap (and batch in the writer) while the wire order is kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, join_all};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
+use crate::intercept::{Completion, Direction, OpenCall, SessionRecorder};
+
+/// JSON-RPC error code for "the proxy refused to pass this on" (implementation-defined range).
+pub const LEDGER_UNAVAILABLE: i64 = -32000;
+
+/// JSON-RPC error code for a call the upstream will never answer because it went away.
+pub const UPSTREAM_GONE: i64 = -32001;
+
+/// Lines waiting to be written to one peer.
+const OUTBOX_DEPTH: usize = 1024;
+
+/// How a relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The agent closed its side; the upstream was shut down after it.
+    AgentClosed,
+    /// The upstream closed its side (exited or crashed) while the agent was connected.
+    UpstreamClosed,
+}
+
+/// What becomes of one line (or batch member).
+#[derive(Default)]
+struct Outcome {
+    /// Bytes to pass on to the other peer.
+    forward: Option<Vec<u8>>,
+    /// Bytes to answer the sender with instead (a refusal).
+    answer: Option<Vec<u8>>,
+}
+
+impl Outcome {
+    fn forward(bytes: Vec<u8>) -> Self {
+        Outcome {
+            forward: Some(bytes),
+            answer: None,
+        }
+    }
+    fn answer(bytes: Vec<u8>) -> Self {
+        Outcome {
+            forward: None,
+            answer: Some(bytes),
+        }
+    }
+}
+
+enum Step {
+    Ready(Outcome),
+    Recording(JoinHandle<Outcome>),
+}
+
+/// State shared by both directions of one session.
+struct Shared {
+    recorder: SessionRecorder,
+    /// Recorded requests from the agent, by id, waiting for the upstream's response.
+    open_from_agent: Mutex<HashMap<String, OpenCall>>,
+    /// Recorded requests from the upstream, by id, waiting for the agent's response.
+    open_from_server: Mutex<HashMap<String, OpenCall>>,
+    /// `initialize` params by request id, until the upstream answers.
+    initializing: Mutex<HashMap<String, Value>>,
+}
+
+impl Shared {
+    fn open_calls(&self, sender: Direction) -> &Mutex<HashMap<String, OpenCall>> {
+        match sender {
+            Direction::FromAgent => &self.open_from_agent,
+            Direction::FromServer => &self.open_from_server,
+        }
+    }
+}
+
+/// Relays between the agent (`agent_in`/`agent_out`) and the upstream (`up_in`/`up_out`)
+/// until one side closes, recording through `recorder`. Records `session_end` before returning.
+///
+/// When the agent closes first, the upstream's input is closed and the upstream gets `grace` to
+/// finish what it is still sending.
+pub async fn relay<AR, AW, UR, UW>(
+    recorder: SessionRecorder,
+    agent_in: AR,
+    agent_out: AW,
+    up_in: UR,
+    up_out: UW,
+    grace: Duration,
+) -> RelayEnd
+where
+    AR: AsyncBufRead + Unpin + Send + 'static,
+    AW: AsyncWrite + Unpin + Send + 'static,
+    UR: AsyncBufRead + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        recorder,
+        open_from_agent: Mutex::default(),
+        open_from_server: Mutex::default(),
+        initializing: Mutex::default(),
+    });
+    let (to_agent, agent_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
+    let (to_upstream, upstream_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
+    let (close_upstream, upstream_closing) = oneshot::channel();
+    let agent_writer = tokio::spawn(write_lines(agent_outbox, agent_out, None));
+    let upstream_writer =
+        tokio::spawn(write_lines(upstream_outbox, up_out, Some(upstream_closing)));
+
+    let mut from_agent = tokio::spawn(pump(
+        Direction::FromAgent,
+        shared.clone(),
+        agent_in,
+        to_upstream.clone(),
+        to_agent.clone(),
+    ));
+    let mut from_upstream = tokio::spawn(pump(
+        Direction::FromServer,
+        shared.clone(),
+        up_in,
+        to_agent.clone(),
+        to_upstream,
+    ));
+
+    let end = tokio::select! {
+        _ = &mut from_agent => RelayEnd::AgentClosed,
+        _ = &mut from_upstream => RelayEnd::UpstreamClosed,
+    };
+    match end {
+        RelayEnd::AgentClosed => {
+            // Closing its input is how a stdio server learns the session is over; everything the
+            // agent sent has been passed on by now.
+            let _ = close_upstream.send(());
+            if tokio::time::timeout(grace, &mut from_upstream)
+                .await
+                .is_err()
+            {
+                tracing::warn!(?grace, "upstream did not close after the agent left");
+                from_upstream.abort();
+            }
+        }
+        RelayEnd::UpstreamClosed => {
+            from_agent.abort();
+            upstream_writer.abort();
+        }
+    }
+
+    let reason = match end {
+        RelayEnd::AgentClosed => "the agent closed the session",
+        RelayEnd::UpstreamClosed => "the upstream server closed the connection",
+    };
+    let unanswered = settle_open_calls(&shared, reason).await;
+    if end == RelayEnd::UpstreamClosed {
+        // Answer the agent's calls that will never get a response, so that nothing hangs.
+        for request_id in unanswered {
+            if let Ok(id) = RawValue::from_string(request_id) {
+                let answer = error_response(
+                    &id,
+                    UPSTREAM_GONE,
+                    "the upstream MCP server closed the connection before answering",
+                    "upstream_closed",
+                );
+                let _ = to_agent.send(answer).await;
+            }
+        }
+    }
+    if let Err(error) = shared.recorder.session_ended(reason).await {
+        tracing::error!(%error, "could not record session_end");
+    }
+    drop(to_agent);
+    let _ = agent_writer.await;
+    end
+}
+
+/// Records every call still waiting for a response as unanswered, and returns the request ids
+/// of those the agent made.
+async fn settle_open_calls(shared: &Shared, reason: &str) -> Vec<String> {
+    let from_agent: Vec<_> = shared
+        .open_from_agent
+        .lock()
+        .expect("lock")
+        .drain()
+        .collect();
+    let from_server: Vec<_> = shared
+        .open_from_server
+        .lock()
+        .expect("lock")
+        .drain()
+        .collect();
+    for (_, call) in from_agent.iter().chain(&from_server) {
+        if let Err(error) = shared
+            .recorder
+            .finish(call, Completion::NoResponse { reason })
+            .await
+        {
+            tracing::error!(%error, call_id = %call.call_id, "could not record an unanswered call");
+        }
+    }
+    from_agent
+        .into_iter()
+        .map(|(_, call)| call.request_id().to_owned())
+        .collect()
+}
+
+/// Writes queued lines to `out`. With `closing`, stops once that fires and the queue is empty.
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut outbox: mpsc::Receiver<Vec<u8>>,
+    mut out: W,
+    closing: Option<oneshot::Receiver<()>>,
+) {
+    let mut closing = closing;
+    loop {
+        let next = tokio::select! {
+            biased;
+            line = outbox.recv() => line,
+            _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => None,
+        };
+        let Some(mut line) = next else { break };
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        if out.write_all(&line).await.is_err() {
+            break;
+        }
+        // Flush only when nothing else is queued, so bursts go out in one write.
+        if outbox.is_empty() && out.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
+/// Reads lines from `sender`, and passes each on (or answers it) in arrival order.
+async fn pump<R: AsyncBufRead + Unpin + Send + 'static>(
+    sender: Direction,
+    shared: Arc<Shared>,
+    mut input: R,
+    onward: mpsc::Sender<Vec<u8>>,
+    back: mpsc::Sender<Vec<u8>>,
+) {
+    let (steps, mut ordered) = mpsc::channel::<Step>(OUTBOX_DEPTH);
+    let forwarder = tokio::spawn(async move {
+        while let Some(step) = ordered.recv().await {
+            let outcome = match step {
+                Step::Ready(outcome) => outcome,
+                Step::Recording(task) => match task.await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        tracing::error!(%error, "a recording task failed; dropping its message");
+                        Outcome::default()
+                    }
+                },
+            };
+            if let Some(bytes) = outcome.answer {
+                let _ = back.send(bytes).await;
+            }
+            if let Some(bytes) = outcome.forward
+                && onward.send(bytes).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    loop {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, side = ?sender, "read failed; closing");
+                break;
+            }
+        }
+        let step = plan_line(sender, &shared, line);
+        if steps.send(step).await.is_err() {
+            break;
+        }
+    }
+    drop(steps);
+    let _ = forwarder.await;
+}
+
+fn plan_line(sender: Direction, shared: &Arc<Shared>, line: Vec<u8>) -> Step {
+    if let Some(members) = batch_members(&line) {
+        let plans: Vec<_> = members
+            .iter()
+            .map(|m| plan_message(sender, shared, m.get().as_bytes()))
+            .collect();
+        if plans.iter().all(|p| p.is_none()) {
+            return Step::Ready(Outcome::forward(line));
+        }
+        let members: Vec<Vec<u8>> = members
+            .iter()
+            .map(|m| m.get().as_bytes().to_vec())
+            .collect();
+        return Step::Recording(tokio::spawn(async move {
+            let outcomes = join_all(
+                plans
+                    .into_iter()
+                    .zip(members)
+                    .map(|(plan, raw)| match plan {
+                        Some(plan) => plan,
+                        None => async move { Outcome::forward(raw) }.boxed(),
+                    }),
+            )
+            .await;
+            join_batch(outcomes)
+        }));
+    }
+    match plan_message(sender, shared, &line) {
+        None => Step::Ready(Outcome::forward(line)),
+        Some(plan) => Step::Recording(tokio::spawn(plan)),
+    }
+}
+
+/// Reassembles batch members into at most one batch each way.
+fn join_batch(outcomes: Vec<Outcome>) -> Outcome {
+    fn join(parts: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+        if parts.is_empty() {
+            return None;
+        }
+        let mut out = b"[".to_vec();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend(part.trim_ascii());
+        }
+        out.extend(b"]\n");
+        Some(out)
+    }
+    let (forward, answer): (Vec<_>, Vec<_>) =
+        outcomes.into_iter().map(|o| (o.forward, o.answer)).unzip();
+    Outcome {
+        forward: join(forward.into_iter().flatten().collect()),
+        answer: join(answer.into_iter().flatten().collect()),
+    }
+}
+
+/// Decides what one message needs. `None`: pass it on as it is, now. `Some`: a recording to
+/// run before it may pass.
+fn plan_message(
+    sender: Direction,
+    shared: &Arc<Shared>,
+    bytes: &[u8],
+) -> Option<BoxFuture<'static, Outcome>> {
+    let envelope = Envelope::parse(bytes)?;
+    match envelope.kind() {
+        Kind::Request { id, method } => {
+            if sender == Direction::FromAgent && method == "initialize" {
+                let params = parse_value(envelope.params);
+                shared
+                    .initializing
+                    .lock()
+                    .expect("lock")
+                    .insert(id_key(id), params);
+                return None;
+            }
+            if !shared.recorder.records(sender, method) {
+                return None;
+            }
+            let shared = shared.clone();
+            let id = id.to_owned();
+            let method = method.to_owned();
+            let params: Option<Value> = envelope.params.map(|p| parse_value(Some(p)));
+            let raw = bytes.to_vec();
+            Some(
+                async move {
+                    let call = shared
+                        .recorder
+                        .begin(sender, &method, id.get(), params.as_ref())
+                        .await;
+                    match call {
+                        Ok(call) => {
+                            shared.open_calls(sender).lock().expect("lock").insert(id_key(&id), call);
+                            Outcome::forward(raw)
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, %method, "refusing to forward an unrecorded request");
+                            Outcome::answer(error_response(
+                                &id,
+                                LEDGER_UNAVAILABLE,
+                                "mcp-ledger could not record this request, so it was not forwarded",
+                                "ledger_unavailable",
+                            ))
+                        }
+                    }
+                }
+                .boxed(),
+            )
+        }
+        Kind::Response { id } => {
+            let key = id_key(id);
+            let requester = match sender {
+                Direction::FromAgent => Direction::FromServer,
+                Direction::FromServer => Direction::FromAgent,
+            };
+            if sender == Direction::FromServer {
+                let init = shared.initializing.lock().expect("lock").remove(&key);
+                if let Some(params) = init {
+                    return Some(record_session_start(
+                        shared.clone(),
+                        id,
+                        params,
+                        envelope.result,
+                        bytes,
+                    ));
+                }
+            }
+            let call = shared
+                .open_calls(requester)
+                .lock()
+                .expect("lock")
+                .remove(&key)?;
+            let shared = shared.clone();
+            let id = id.to_owned();
+            let result = envelope.result.map(|r| parse_value(Some(r)));
+            let error = envelope.error.map(|e| parse_value(Some(e)));
+            let raw = bytes.to_vec();
+            Some(
+                async move {
+                    let completion = match (&result, &error) {
+                        (Some(result), _) => Completion::Result(result),
+                        (None, Some(error)) => Completion::Error(error),
+                        (None, None) => unreachable!("a response has a result or an error"),
+                    };
+                    match shared.recorder.finish(&call, completion).await {
+                        Ok(()) => Outcome::forward(raw),
+                        Err(error) => {
+                            tracing::error!(%error, call_id = %call.call_id, "withholding an unrecorded response");
+                            Outcome::forward(error_response(
+                                &id,
+                                LEDGER_UNAVAILABLE,
+                                "mcp-ledger could not record the response, so it was withheld",
+                                "ledger_unavailable",
+                            ))
+                        }
+                    }
+                }
+                .boxed(),
+            )
+        }
+        Kind::Notification { .. } | Kind::Other => None,
+    }
+}
+
+fn record_session_start(
+    shared: Arc<Shared>,
+    id: &RawValue,
+    params: Value,
+    result: Option<&RawValue>,
+    bytes: &[u8],
+) -> BoxFuture<'static, Outcome> {
+    let id = id.to_owned();
+    let result = result.map(|r| parse_value(Some(r)));
+    let raw = bytes.to_vec();
+    async move {
+        // An initialize that failed upstream starts no session; pass the error on.
+        let Some(result) = result else {
+            return Outcome::forward(raw);
+        };
+        match shared.recorder.session_started(&params, &result).await {
+            Ok(()) => Outcome::forward(raw),
+            Err(error) => {
+                tracing::error!(%error, "cannot record session_start; refusing the session");
+                Outcome::forward(error_response(
+                    &id,
+                    LEDGER_UNAVAILABLE,
+                    "mcp-ledger could not record the start of this session, so it was refused",
+                    "ledger_unavailable",
+                ))
+            }
+        }
+    }
+    .boxed()
+}
+
+fn parse_value(raw: Option<&RawValue>) -> Value {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null)
+}

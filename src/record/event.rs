@@ -1,0 +1,226 @@
+//! One ledger event, before (`Draft`) and after (`Event`) it takes its place in a chain.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::canonical::{CanonicalError, canonical_bytes, payload_ref, sha256_hex};
+
+/// `prev_hash` of the first event of every chain.
+pub const GENESIS_PREV_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The kinds of event this version writes. Stored and hashed as the snake_case string; the verifier
+/// accepts any string so that ledgers written by newer versions still verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    SessionStart,
+    SessionEnd,
+    ToolCall,
+    ToolResult,
+    Request,
+    Response,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionStart => "session_start",
+            EventType::SessionEnd => "session_end",
+            EventType::ToolCall => "tool_call",
+            EventType::ToolResult => "tool_result",
+            EventType::Request => "request",
+            EventType::Response => "response",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event as stored: every column of the `events` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub chain_id: String,
+    pub seq: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub timestamp: String,
+    pub session_id: Option<String>,
+    pub agent: Option<String>,
+    pub server: Option<String>,
+    pub data: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hashed preimage: every field of [`Event`] except `hash`. JCS sorts the keys, so the order
+/// of the fields here does not matter.
+#[derive(Serialize)]
+struct Preimage<'a> {
+    chain_id: &'a str,
+    seq: i64,
+    event_id: &'a str,
+    event_type: &'a str,
+    timestamp: &'a str,
+    session_id: Option<&'a str>,
+    agent: Option<&'a str>,
+    server: Option<&'a str>,
+    data: &'a Value,
+    prev_hash: &'a str,
+}
+
+impl Event {
+    /// The bytes whose SHA-256 is `hash`, exactly as `docs/ledger-format.md` specifies them.
+    pub fn canonical_preimage(&self) -> Result<Vec<u8>, CanonicalError> {
+        canonical_bytes(&Preimage {
+            chain_id: &self.chain_id,
+            seq: self.seq,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            timestamp: &self.timestamp,
+            session_id: self.session_id.as_deref(),
+            agent: self.agent.as_deref(),
+            server: self.server.as_deref(),
+            data: &self.data,
+            prev_hash: &self.prev_hash,
+        })
+    }
+
+    /// Recomputes the hash from the other fields.
+    pub fn compute_hash(&self) -> Result<String, CanonicalError> {
+        Ok(sha256_hex(&self.canonical_preimage()?))
+    }
+}
+
+/// An event waiting for its place in a chain: the writer assigns `seq`, `timestamp`, `prev_hash`
+/// and `hash` under the chain-head lock, so that all four follow the chain's total order.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub event_id: String,
+    pub event_type: EventType,
+    pub session_id: Option<String>,
+    pub agent: Option<String>,
+    pub server: Option<String>,
+    pub data: Value,
+    /// Bodies that `data` references and that must be committed in the same transaction.
+    pub payloads: Vec<Payload>,
+}
+
+impl Draft {
+    pub fn new(event_type: EventType, data: Value) -> Self {
+        Draft {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            event_type,
+            session_id: None,
+            agent: None,
+            server: None,
+            data,
+            payloads: Vec::new(),
+        }
+    }
+
+    /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`.
+    pub fn seal(
+        &self,
+        chain_id: &str,
+        seq: i64,
+        prev_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Event, CanonicalError> {
+        let mut event = Event {
+            chain_id: chain_id.to_owned(),
+            seq,
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.as_str().to_owned(),
+            timestamp: format_timestamp(now),
+            session_id: self.session_id.clone(),
+            agent: self.agent.clone(),
+            server: self.server.clone(),
+            data: self.data.clone(),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        event.hash = event.compute_hash()?;
+        Ok(event)
+    }
+}
+
+/// RFC 3339 in UTC with exactly six fractional digits and a `Z`, so the text sorts in time order
+/// and every language's parser reads it.
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    // Truncate to microseconds: Postgres and most languages keep no more.
+    let micros = at.microsecond();
+    let whole = at.replace_nanosecond(0).expect("zero nanoseconds is valid");
+    let base = whole
+        .format(&Rfc3339)
+        .expect("a UTC timestamp always formats");
+    // `base` ends in "Z" with no fraction because nanoseconds are zero.
+    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
+}
+
+/// A content-addressed body: canonical JSON bytes and their `sha256:` reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub reference: String,
+    pub body: String,
+}
+
+impl Payload {
+    pub fn of(value: &Value) -> Result<Self, CanonicalError> {
+        let bytes = canonical_bytes(value)?;
+        let reference = payload_ref(&bytes);
+        // Canonical JSON is valid UTF-8 by construction.
+        let body = String::from_utf8(bytes).expect("canonical JSON is UTF-8");
+        Ok(Payload { reference, body })
+    }
+
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_have_six_fraction_digits_in_utc() {
+        let at = time::macros::datetime!(2026-11-22 06:30:00.1234567 +02:00);
+        assert_eq!(format_timestamp(at), "2026-11-22T04:30:00.123456Z");
+        let whole = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+        assert_eq!(format_timestamp(whole), "2026-01-02T03:04:05.000000Z");
+    }
+
+    #[test]
+    fn sealing_hashes_every_field_but_hash() {
+        let mut draft = Draft::new(EventType::ToolCall, json!({"tool": "echo"}));
+        draft.agent = Some("me".into());
+        let at = time::macros::datetime!(2026-11-22 06:30:00 UTC);
+        let event = draft.seal("default", 1, GENESIS_PREV_HASH, at).unwrap();
+        assert_eq!(event.compute_hash().unwrap(), event.hash);
+
+        let mut other = event.clone();
+        other.agent = Some("someone-else".into());
+        assert_ne!(other.compute_hash().unwrap(), event.hash);
+        let mut other = event.clone();
+        other.seq = 2;
+        assert_ne!(other.compute_hash().unwrap(), event.hash);
+    }
+
+    #[test]
+    fn payload_reference_is_over_canonical_bytes() {
+        let a = Payload::of(&json!({"b": 1, "a": [1.0, "x"]})).unwrap();
+        let b = Payload::of(&json!({"a": [1, "x"], "b": 1})).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.body, r#"{"a":[1,"x"],"b":1}"#);
+        assert!(a.reference.starts_with("sha256:"));
+        assert_eq!(a.reference.len(), "sha256:".len() + 64);
+    }
+}

@@ -1,0 +1,238 @@
+//! Durable storage of the ledger: the [`Store`] trait, its SQLite and Postgres implementations,
+//! their migrations, and the group-commit [`writer`] that every append goes through.
+//!
+//! **Invariant:** this is the only module that contains SQL. Nothing here knows about MCP.
+
+mod postgres;
+mod sqlite;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+use crate::record::{CanonicalError, Draft, Event};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The chain every event goes to until chains are split per server or tenant.
+pub const DEFAULT_CHAIN: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported ledger url `{0}`: expected sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create the ledger directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the ledger schema is not up to date and this role cannot migrate it ({0}); \
+         run `mcp-ledger migrate` as the database owner"
+    )]
+    NeedsMigration(sqlx::Error),
+    #[error("ledger event {event_id} is unreadable: {reason}")]
+    Corrupt { event_id: String, reason: String },
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+    #[error("the ledger did not commit within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connection settings shared by both stores.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long an append may wait for the chain-head lock or a connection before it fails (and
+    /// the call it records fails closed).
+    pub lock_timeout: Duration,
+    /// Whether opening the store may create or migrate the schema.
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            lock_timeout: Duration::from_secs(5),
+            migrate: true,
+        }
+    }
+}
+
+/// One row of the `provenance` view.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ProvenanceRow {
+    pub call_id: String,
+    pub timestamp: String,
+    pub agent: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub authorized_by: Option<String>,
+    pub cost_credits: Option<f64>,
+    pub input_ref: Option<String>,
+    pub output_ref: Option<String>,
+    pub outcome: String,
+    pub server: Option<String>,
+    pub session_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A ledger backend. Implementations keep one total order per chain even when several processes
+/// append at once, by taking the chain head under a database lock inside the append transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Seals `drafts` in order after the chain's current head and commits them, with the payload
+    /// bodies they reference, in one transaction. Returns the sealed events.
+    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError>;
+
+    /// Every event, ordered by `(chain_id, seq, event_id)`, streamed from the database.
+    fn events(&self) -> BoxStream<'_, Result<Event, StoreError>>;
+
+    /// The newest `limit` rows of the `provenance` view, oldest first.
+    async fn provenance(&self, limit: i64) -> Result<Vec<ProvenanceRow>, StoreError>;
+
+    /// The body stored under a `sha256:` reference, if it is still held.
+    async fn payload(&self, reference: &str) -> Result<Option<String>, StoreError>;
+
+    /// Runs the migrations that have not run yet.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Closes the connections, waiting for those in use.
+    async fn close(&self);
+}
+
+/// Where a ledger lives, parsed from `sqlite://PATH` or `postgres://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl LedgerUrl {
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(LedgerUrl::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+        // Query parameters (sqlx style `?mode=rwc`) are not part of the path.
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        Ok(LedgerUrl::Sqlite(PathBuf::from(path)))
+    }
+
+    /// The default ledger: `$XDG_DATA_HOME/mcp-ledger/ledger.db`.
+    pub fn default_sqlite() -> Self {
+        let base = dirs::data_dir().unwrap_or_else(|| PathBuf::from("."));
+        LedgerUrl::Sqlite(base.join("mcp-ledger").join("ledger.db"))
+    }
+}
+
+impl std::fmt::Display for LedgerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            LedgerUrl::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// A Postgres URL with any password replaced, fit for logs and error messages.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Opens (and, if allowed, migrates) the ledger at `url`.
+pub async fn open(url: &LedgerUrl, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        LedgerUrl::Sqlite(path) => Arc::new(SqliteStore::open(path, options).await?),
+        LedgerUrl::Postgres(url) => Arc::new(PostgresStore::open(url, options).await?),
+    })
+}
+
+fn ensure_parent_dir(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Seals `drafts` after the head `(seq, hash)`; shared by both stores so sealing is identical.
+fn seal_after(
+    chain_id: &str,
+    head: Option<(i64, String)>,
+    drafts: &[Draft],
+) -> Result<Vec<Event>, StoreError> {
+    let (mut seq, mut prev) =
+        head.unwrap_or_else(|| (0, crate::record::GENESIS_PREV_HASH.to_owned()));
+    let now = time::OffsetDateTime::now_utc();
+    drafts
+        .iter()
+        .map(|draft| {
+            seq += 1;
+            let event = draft.seal(chain_id, seq, &prev, now)?;
+            prev.clone_from(&event.hash);
+            Ok(event)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_urls_parse() {
+        assert_eq!(
+            LedgerUrl::parse("sqlite:///var/lib/l.db").unwrap(),
+            LedgerUrl::Sqlite("/var/lib/l.db".into())
+        );
+        assert_eq!(
+            LedgerUrl::parse("sqlite:l.db?mode=rwc").unwrap(),
+            LedgerUrl::Sqlite("l.db".into())
+        );
+        assert!(matches!(
+            LedgerUrl::parse("postgresql://u@h/db").unwrap(),
+            LedgerUrl::Postgres(_)
+        ));
+        let err = LedgerUrl::parse("mysql://x").unwrap_err();
+        assert!(err.to_string().contains("mysql://x"), "{err}");
+        assert!(LedgerUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted_for_display() {
+        assert_eq!(
+            redact_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,213 @@
+//! The embedded SQLite store: the zero-setup default.
+//!
+//! Several `mcp-ledger stdio` processes may share one file. Each append runs in a
+//! `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock before reading the chain head,
+//! so heads are read and extended atomically across processes.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+
+use super::{ProvenanceRow, Store, StoreError, StoreOptions, ensure_parent_dir, seal_after};
+use crate::record::{Draft, Event};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+
+/// SQLite allows 32,766 bound parameters per statement; 11 columns a row.
+const MAX_ROWS_PER_INSERT: usize = 2_000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        ensure_parent_dir(path)?;
+        let connect = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit the proxy acted on survives power loss, not just a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(options.lock_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(options.lock_timeout)
+            .connect_with(connect)
+            .await?;
+        let store = SqliteStore { pool };
+        if options.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// The pool, for tests that inspect or tamper with the database directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+    let event_id: String = row.try_get("event_id")?;
+    let data: String = row.try_get("data")?;
+    let data = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+        event_id: event_id.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Event {
+        chain_id: row.try_get("chain_id")?,
+        seq: row.try_get("seq")?,
+        event_id,
+        event_type: row.try_get("event_type")?,
+        timestamp: row.try_get("timestamp")?,
+        session_id: row.try_get("session_id")?,
+        agent: row.try_get("agent")?,
+        server: row.try_get("server")?,
+        data,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let head: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let events = seal_after(chain_id, head, drafts)?;
+
+        for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, \
+                 agent, server, data, prev_hash, hash) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.chain_id)
+                    .push_bind(e.seq)
+                    .push_bind(&e.event_id)
+                    .push_bind(&e.event_type)
+                    .push_bind(&e.timestamp)
+                    .push_bind(&e.session_id)
+                    .push_bind(&e.agent)
+                    .push_bind(&e.server)
+                    .push_bind(e.data.to_string())
+                    .push_bind(&e.prev_hash)
+                    .push_bind(&e.hash);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+
+        let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
+        for payload in drafts.iter().flat_map(|d| &d.payloads) {
+            sqlx::query(
+                "INSERT INTO payloads (reference, body, size, created_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (reference) DO NOTHING",
+            )
+            .bind(&payload.reference)
+            .bind(&payload.body)
+            .bind(payload.size() as i64)
+            .bind(&created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events ORDER BY chain_id, seq, event_id",
+        )
+        .fetch(&self.pool)
+        .map(|row| event_from_row(&row?))
+        .boxed()
+    }
+
+    async fn provenance(&self, limit: i64) -> Result<Vec<ProvenanceRow>, StoreError> {
+        let rows = sqlx::query_as(
+            "SELECT call_id, timestamp, agent, action, target, authorized_by, \
+             CAST(cost_credits AS REAL) AS cost_credits, input_ref, output_ref, outcome, server, \
+             session_id, error \
+             FROM (SELECT * FROM provenance ORDER BY timestamp DESC, call_id DESC LIMIT ?) \
+             ORDER BY timestamp, call_id",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn payload(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT body FROM payloads WHERE reference = ?")
+                .bind(reference)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // sqlx takes no cross-process lock for SQLite migrations: two proxies creating the same
+        // new ledger race, and the loser fails on a table the winner just made. Once the winner
+        // commits, the loser finds the migration applied.
+        let mut attempts = 0;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(_) if attempts < 3 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl SqliteStore {
+    /// Writes a consistent copy of the whole ledger (WAL included) to a new file at `path`.
+    pub async fn snapshot_to(&self, path: &Path) -> Result<(), StoreError> {
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().as_ref())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Does what anyone with write access to the file can do: drops the append-only trigger and
+    /// rewrites one event's `data` in place, leaving its hash alone. The demo shows `verify`
+    /// catching this; the proxy never calls it.
+    pub async fn tamper_rewrite_data(
+        &self,
+        event_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DROP TRIGGER IF EXISTS events_refuse_update")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE events SET data = ? WHERE event_id = ?")
+            .bind(data.to_string())
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

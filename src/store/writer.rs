@@ -1,0 +1,98 @@
+//! The group-commit writer: one task per process and chain that turns concurrent appends into
+//! batched transactions.
+//!
+//! Callers send a [`Draft`] and wait for its commit. The task takes whatever is waiting (up to
+//! [`MAX_BATCH`]), appends it in one transaction, and answers every waiter. Under load the batch
+//! grows on its own, because drafts pile up while the previous commit is in flight; at low load a
+//! draft is committed alone, with no added wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Store, StoreError};
+use crate::record::{Draft, Event};
+
+/// The most drafts one transaction takes.
+pub const MAX_BATCH: usize = 512;
+
+/// Why an append did not commit. Cloneable: one failed transaction fails every draft in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("{0}")]
+    Store(Arc<StoreError>),
+    #[error("the ledger writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    draft: Draft,
+    committed: oneshot::Sender<Result<Event, AppendError>>,
+}
+
+/// A handle to the writer task. Cheap to clone; the task ends when every handle is dropped and
+/// what was queued is committed.
+#[derive(Clone)]
+pub struct Ledger {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Ledger {
+    /// Starts the writer for `chain_id` on `store`. `commit_timeout` bounds each transaction:
+    /// past it the batch fails (closed) rather than leaving agents waiting.
+    pub fn start(
+        store: Arc<dyn Store>,
+        chain_id: &str,
+        commit_timeout: Duration,
+    ) -> (Ledger, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+        let task = tokio::spawn(run(store, chain_id.to_owned(), commit_timeout, queue));
+        (Ledger { jobs }, task)
+    }
+
+    /// Appends `draft` and returns the event once it is durably committed.
+    pub async fn append(&self, draft: Draft) -> Result<Event, AppendError> {
+        let (committed, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { draft, committed })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        wait.await.map_err(|_| AppendError::Stopped)?
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    chain_id: String,
+    commit_timeout: Duration,
+    mut queue: mpsc::Receiver<Job>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (drafts, waiters): (Vec<Draft>, Vec<_>) = batch
+            .drain(..)
+            .map(|job| (job.draft, job.committed))
+            .unzip();
+        let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(commit_timeout)));
+        match outcome {
+            Ok(events) => {
+                tracing::debug!(batch = events.len(), "ledger batch committed");
+                for (waiter, event) in waiters.into_iter().zip(events) {
+                    // A waiter that gave up is fine: the event is committed either way.
+                    let _ = waiter.send(Ok(event));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, batch = drafts.len(), "ledger append failed; failing the batch closed");
+                let error = AppendError::Store(Arc::new(error));
+                for waiter in waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
