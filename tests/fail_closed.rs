@@ -1,0 +1,169 @@
+//! Fail closed: when the ledger cannot be written, a call is answered with a clear JSON-RPC error
+//! and never reaches the upstream server. The demo server's call log shows what it received.
+
+mod common;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use common::chaos::ChaosProxy;
+use common::stdio_client::{LineClient, proxy_args};
+use common::{BIN, TestLedger};
+use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+
+fn calls_received(call_log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(call_log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("call log line is JSON"))
+        .collect()
+}
+
+fn assert_refused(reply: &Value) {
+    let error = reply
+        .get("error")
+        .unwrap_or_else(|| panic!("expected an error: {reply}"));
+    assert_eq!(error["code"], -32000, "{reply}");
+    assert_eq!(error["data"]["mcp_ledger"], "ledger_unavailable", "{reply}");
+    assert!(
+        error["message"].as_str().unwrap().contains("not forwarded"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gone_mid_session_refuses_the_call() {
+    let Some(ledger) = TestLedger::postgres().await else {
+        return;
+    };
+    ledger.open().await.close().await;
+    let direct = ledger.url_string();
+    let (host_port, database) = direct
+        .trim_start_matches("postgres://postgres@")
+        .split_once('/')
+        .unwrap();
+    let chaos = ChaosProxy::start(
+        tokio::net::lookup_host(host_port)
+            .await
+            .unwrap()
+            .next()
+            .unwrap(),
+    )
+    .await;
+    let through_chaos = format!("postgres://postgres@{}/{database}", chaos.addr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let mut args = proxy_args(&through_chaos, "agent-1", Some(&call_log));
+    args.splice(1..1, ["--lock-timeout-ms".to_owned(), "1000".to_owned()]);
+    let mut client = LineClient::spawn(BIN, &args);
+    client.initialize().await;
+
+    let ok = client
+        .call_tool("lookup_customer", json!({"customer_id": "cus_1001"}))
+        .await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+    assert_eq!(calls_received(&call_log).len(), 1);
+
+    chaos.cut();
+    let refused = client
+        .call_tool(
+            "issue_refund",
+            json!({"customer_id": "cus_1001", "amount": 10.0, "currency": "USD", "reason": "x"}),
+        )
+        .await;
+    assert_refused(&refused);
+    assert_eq!(
+        calls_received(&call_log).len(),
+        1,
+        "the upstream never saw the unrecorded call"
+    );
+
+    // Nothing but the first call and its result (and the session start) reached the ledger.
+    let store = ledger.open().await;
+    let rows = store.provenance(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].action.as_deref(), Some("lookup_customer"));
+    store.close().await;
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_too_long_refuses_the_call() {
+    let ledger = TestLedger::sqlite();
+    let path = ledger.sqlite_path().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let mut args = proxy_args(&ledger.url_string(), "agent-1", Some(&call_log));
+    args.splice(1..1, ["--lock-timeout-ms".to_owned(), "500".to_owned()]);
+    let mut client = LineClient::spawn(BIN, &args);
+    client.initialize().await;
+    let ok = client
+        .call_tool("lookup_customer", json!({"customer_id": "cus_1002"}))
+        .await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+
+    // Another process holds the write lock and does not let go.
+    let mut holder = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite://")
+        .unwrap()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let refused = client
+        .call_tool(
+            "send_email",
+            json!({"to": "a@example.com", "subject": "s", "body": "b"}),
+        )
+        .await;
+    assert_refused(&refused);
+    assert_eq!(
+        calls_received(&call_log).len(),
+        1,
+        "the upstream never saw the unrecorded call"
+    );
+
+    // Once the lock is released, calls are recorded and forwarded again.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let ok = client
+        .call_tool("lookup_customer", json!({"customer_id": "cus_1003"}))
+        .await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+    assert_eq!(calls_received(&call_log).len(), 2);
+    assert!(client.close().await.success());
+
+    let (code, stdout, stderr) = common::run_cli(&["verify", "--ledger", &ledger.url_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn an_unreachable_ledger_stops_the_proxy_before_the_upstream_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let args = proxy_args(
+        "postgres://postgres@127.0.0.1:1/nothing",
+        "agent-1",
+        Some(&call_log),
+    );
+    let output = tokio::process::Command::new(BIN)
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the ledger postgres://postgres@127.0.0.1:1/nothing"),
+        "{stderr}"
+    );
+    assert!(!call_log.exists(), "the upstream was never started");
+}

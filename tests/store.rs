@@ -1,0 +1,341 @@
+//! The store suite: the same tests against SQLite and Postgres, through the `Store` trait and
+//! the group-commit writer, plus what the databases themselves refuse.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestLedger;
+use futures::TryStreamExt;
+use mcp_ledger::record::verify::verify_all;
+use mcp_ledger::record::{Draft, EventType, GENESIS_PREV_HASH, Payload};
+use mcp_ledger::store::writer::Ledger;
+use mcp_ledger::store::{DEFAULT_CHAIN, Store};
+use serde_json::json;
+
+/// Runs each named test against both stores.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::TestLedger::sqlite()).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(ledger) = super::TestLedger::postgres().await {
+                    super::$name(ledger).await
+                }
+            })*
+        }
+    };
+}
+
+both_stores!(
+    appends_are_sealed_in_order_and_read_back,
+    payloads_are_content_addressed_and_deduplicated,
+    concurrent_appends_batch_into_one_gap_free_chain,
+    the_database_refuses_to_change_events,
+    provenance_has_one_row_per_tool_call,
+    migrations_are_idempotent,
+    two_stores_on_one_ledger_keep_one_chain,
+);
+
+fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
+    let input = Payload::of(&arguments).unwrap();
+    let mut draft = Draft::new(
+        EventType::ToolCall,
+        json!({
+            "call_id": call_id, "tool": tool, "input_ref": input.reference,
+            "authorized_by": "default:allow", "cost_credits": 0, "target": null,
+        }),
+    );
+    draft.agent = Some("tester".into());
+    draft.server = Some("test-server".into());
+    draft.session_id = Some("session-1".into());
+    draft.payloads.push(input);
+    draft
+}
+
+async fn all_events(store: &Arc<dyn Store>) -> Vec<mcp_ledger::record::Event> {
+    store.events().try_collect().await.expect("read events")
+}
+
+async fn appends_are_sealed_in_order_and_read_back(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let first = store
+        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({"x": 1}))])
+        .await
+        .unwrap();
+    let more = store
+        .append(
+            DEFAULT_CHAIN,
+            &[
+                tool_call("c2", "echo", json!({})),
+                tool_call("c3", "echo", json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(first[0].seq, 1);
+    assert_eq!(first[0].prev_hash, GENESIS_PREV_HASH);
+    assert_eq!(more.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(more[0].prev_hash, first[0].hash);
+
+    let stored = all_events(&store).await;
+    assert_eq!(stored.len(), 3);
+    // What comes back is exactly what was sealed, so every hash recomputes.
+    assert_eq!(stored[0], first[0]);
+    assert_eq!(stored[1..], more[..]);
+    assert!(verify_all(&stored).intact());
+    store.close().await;
+}
+
+async fn payloads_are_content_addressed_and_deduplicated(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let arguments =
+        json!({"to": "dana@example.com", "amount": 42.5, "nested": {"b": [1, 2], "a": null}});
+    store
+        .append(DEFAULT_CHAIN, &[tool_call("c1", "send", arguments.clone())])
+        .await
+        .unwrap();
+    // The same body again (keys in another order) is the same reference, stored once.
+    let same =
+        json!({"nested": {"a": null, "b": [1, 2]}, "amount": 42.5, "to": "dana@example.com"});
+    store
+        .append(DEFAULT_CHAIN, &[tool_call("c2", "send", same)])
+        .await
+        .unwrap();
+
+    let reference = Payload::of(&arguments).unwrap().reference;
+    let body = store
+        .payload(&reference)
+        .await
+        .unwrap()
+        .expect("payload stored");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        arguments
+    );
+    assert_eq!(mcp_ledger::record::payload_ref(body.as_bytes()), reference);
+    assert_eq!(store.payload("sha256:0000").await.unwrap(), None);
+    store.close().await;
+}
+
+async fn concurrent_appends_batch_into_one_gap_free_chain(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let (writer, task) = Ledger::start(store.clone(), DEFAULT_CHAIN, Duration::from_secs(10));
+    let appends = (0..300).map(|i| {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer
+                .append(tool_call(&format!("c{i}"), "echo", json!({"i": i})))
+                .await
+        })
+    });
+    let committed: Vec<_> = futures::future::join_all(appends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("committed"))
+        .collect();
+    drop(writer);
+    task.await.unwrap();
+
+    let mut seqs: Vec<_> = committed.iter().map(|e| e.seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    let stored = all_events(&store).await;
+    assert_eq!(stored.len(), 300);
+    assert!(verify_all(&stored).intact());
+    store.close().await;
+}
+
+async fn the_database_refuses_to_change_events(ledger: TestLedger) {
+    let store = ledger.open().await;
+    store
+        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))])
+        .await
+        .unwrap();
+    store.close().await;
+    let table = ledger.events_table();
+
+    let update = ledger
+        .exec_as_owner(&format!("UPDATE {table} SET agent = 'mallory'"))
+        .await;
+    let error = update.expect_err("UPDATE must be refused").to_string();
+    assert!(error.contains("append-only"), "{error}");
+    let delete = ledger.exec_as_owner(&format!("DELETE FROM {table}")).await;
+    assert!(
+        delete
+            .expect_err("DELETE must be refused")
+            .to_string()
+            .contains("append-only")
+    );
+    if ledger.is_postgres() {
+        let truncate = ledger.exec_as_owner(&format!("TRUNCATE {table}")).await;
+        assert!(
+            truncate
+                .expect_err("TRUNCATE must be refused")
+                .to_string()
+                .contains("append-only")
+        );
+    }
+    let store = ledger.open().await;
+    assert_eq!(all_events(&store).await.len(), 1);
+    store.close().await;
+}
+
+async fn provenance_has_one_row_per_tool_call(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let output = Payload::of(&json!({"content": [{"type": "text", "text": "hi"}]})).unwrap();
+    let mut result = Draft::new(
+        EventType::ToolResult,
+        json!({"call_id": "c1", "tool": "echo", "outcome": "ok", "output_ref": output.reference}),
+    );
+    result.payloads.push(output.clone());
+    let failed = Draft::new(
+        EventType::ToolResult,
+        json!({"call_id": "c2", "tool": "boom", "outcome": "error", "output_ref": null, "error": "code -32603: boom"}),
+    );
+    let other = Draft::new(
+        EventType::Request,
+        json!({"call_id": "r1", "method": "resources/read"}),
+    );
+    store
+        .append(
+            DEFAULT_CHAIN,
+            &[
+                tool_call("c1", "echo", json!({"text": "hi"})),
+                tool_call("c2", "boom", json!({})),
+                tool_call("c3", "slow", json!({})),
+                result,
+                failed,
+                other,
+            ],
+        )
+        .await
+        .unwrap();
+    let rows = store.provenance(100).await.unwrap();
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let row = |id: &str| rows.iter().find(|r| r.call_id == id).expect("row");
+    let c1 = row("c1");
+    assert_eq!(c1.action.as_deref(), Some("echo"));
+    assert_eq!(c1.agent.as_deref(), Some("tester"));
+    assert_eq!(c1.server.as_deref(), Some("test-server"));
+    assert_eq!(c1.session_id.as_deref(), Some("session-1"));
+    assert_eq!(c1.authorized_by.as_deref(), Some("default:allow"));
+    assert_eq!(c1.cost_credits, Some(0.0));
+    assert_eq!(c1.outcome, "ok");
+    assert_eq!(c1.output_ref.as_deref(), Some(output.reference.as_str()));
+    assert!(c1.input_ref.as_deref().unwrap().starts_with("sha256:"));
+    assert!(
+        c1.timestamp.ends_with('Z') && c1.timestamp.len() == 27,
+        "{}",
+        c1.timestamp
+    );
+    assert_eq!(row("c2").outcome, "error");
+    assert_eq!(row("c2").error.as_deref(), Some("code -32603: boom"));
+    assert_eq!(row("c3").outcome, "pending");
+    assert_eq!(store.provenance(1).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn migrations_are_idempotent(ledger: TestLedger) {
+    let store = ledger.open().await;
+    store
+        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))])
+        .await
+        .unwrap();
+    store.migrate().await.expect("migrating again is a no-op");
+    store.close().await;
+    let reopened = ledger.open().await;
+    assert_eq!(all_events(&reopened).await.len(), 1);
+    reopened.close().await;
+}
+
+/// Two independent stores (as two processes would have) appending at once still form one chain.
+async fn two_stores_on_one_ledger_keep_one_chain(ledger: TestLedger) {
+    let a = ledger.open().await;
+    let b = ledger.open().await;
+    let (wa, ta) = Ledger::start(a.clone(), DEFAULT_CHAIN, Duration::from_secs(20));
+    let (wb, tb) = Ledger::start(b.clone(), DEFAULT_CHAIN, Duration::from_secs(20));
+    let appends = (0..200).map(|i| {
+        let writer = if i % 2 == 0 { wa.clone() } else { wb.clone() };
+        tokio::spawn(async move {
+            writer
+                .append(tool_call(&format!("c{i}"), "echo", json!({"i": i})))
+                .await
+        })
+    });
+    for result in futures::future::join_all(appends).await {
+        result.unwrap().expect("committed");
+    }
+    drop((wa, wb));
+    ta.await.unwrap();
+    tb.await.unwrap();
+    let events = all_events(&a).await;
+    assert_eq!(events.len(), 200);
+    let report = verify_all(&events);
+    assert!(report.intact(), "{:?}", report.findings);
+    a.close().await;
+    b.close().await;
+}
+
+/// In Postgres the proxy can run as a role that may only insert and read.
+#[tokio::test]
+async fn postgres_writer_role_can_append_but_not_change_history() {
+    let Some(ledger) = TestLedger::postgres().await else {
+        return;
+    };
+    let store = ledger.open().await; // migrates as the owner, creating the roles
+    store.close().await;
+    let role = "mcp_ledger_test_app";
+    ledger
+        .exec_as_owner(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .await
+        .unwrap();
+    let url =
+        ledger
+            .url_string()
+            .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert!(
+        url.contains(role),
+        "the test expects the admin user to be `postgres`: {url}"
+    );
+    let as_writer = mcp_ledger::store::open(
+        &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
+        &mcp_ledger::store::StoreOptions::default(),
+    )
+    .await
+    .expect("the writer role opens an already-migrated ledger");
+    as_writer
+        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))])
+        .await
+        .expect("writer appends");
+    assert_eq!(as_writer.provenance(10).await.unwrap().len(), 1);
+    as_writer.close().await;
+
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE mcp_ledger.events SET agent = 'x'",
+        "DELETE FROM mcp_ledger.events",
+        "TRUNCATE mcp_ledger.events",
+        "DROP TRIGGER events_refuse_change ON mcp_ledger.events",
+    ] {
+        let error = sqlx::query(statement)
+            .execute(&mut conn)
+            .await
+            .expect_err(statement);
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+    }
+}
