@@ -104,11 +104,7 @@ impl OpenCall {
 
 impl SessionRecorder {
     pub fn new(ledger: Ledger, identity: SessionIdentity, recorded: RecordedMethods) -> Self {
-        SessionRecorder {
-            ledger,
-            identity,
-            recorded: std::sync::Arc::new(recorded),
-        }
+        SessionRecorder { ledger, identity, recorded: std::sync::Arc::new(recorded) }
     }
 
     pub fn identity(&self) -> &SessionIdentity {
@@ -149,9 +145,7 @@ impl SessionRecorder {
             "server_info": initialize_result.get("serverInfo"),
             "server_capabilities": initialize_result.get("capabilities"),
         });
-        self.ledger
-            .append(self.draft(EventType::SessionStart, data))
-            .await?;
+        self.ledger.append(self.draft(EventType::SessionStart, data)).await?;
         Ok(())
     }
 
@@ -176,15 +170,8 @@ impl SessionRecorder {
         let params = params.unwrap_or(&null);
         let is_tool_call = direction == Direction::FromAgent && method == "tools/call";
         let (event_type, tool, input) = if is_tool_call {
-            let tool = params
-                .get("name")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            (
-                EventType::ToolCall,
-                tool,
-                params.get("arguments").unwrap_or(&null),
-            )
+            let tool = params.get("name").and_then(Value::as_str).map(str::to_owned);
+            (EventType::ToolCall, tool, params.get("arguments").unwrap_or(&null))
         } else {
             (EventType::Request, None, params)
         };
@@ -275,10 +262,7 @@ impl SessionRecorder {
 /// for the provenance view's `error` column. The whole error object is in the output payload.
 fn summarize_error(error: &Value) -> String {
     const MAX_CHARS: usize = 500;
-    let code = error
-        .get("code")
-        .map(Value::to_string)
-        .unwrap_or_else(|| "?".into());
+    let code = error.get("code").map(Value::to_string).unwrap_or_else(|| "?".into());
     let message = error.get("message").and_then(Value::as_str).unwrap_or("");
     let summary: String = format!("code {code}: {message}")
         .chars()

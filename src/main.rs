@@ -10,11 +10,7 @@ async fn main() -> ExitCode {
         Err(error) => {
             let _ = error.print();
             // clap exits 2 on a usage error, but 2 means "could not check" for `verify`.
-            return ExitCode::from(if error.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            return ExitCode::from(if error.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
     mcp_ledger::cli::init_logging();

@@ -65,11 +65,7 @@ async fn four_processes_one_chain(ledger: TestLedger) {
     // Per process: session_start, a call and a result per call, session_end.
     assert_eq!(events.len(), PROCESSES * (2 * CALLS_PER_PROCESS + 2));
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=events.len() as i64).collect::<Vec<_>>(),
-        "gap-free"
-    );
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "gap-free");
     for p in 0..PROCESSES {
         let agent = format!("agent-{p}");
         let calls = events
@@ -79,10 +75,7 @@ async fn four_processes_one_chain(ledger: TestLedger) {
     }
     let rows = store.provenance(1000).await.unwrap();
     assert_eq!(rows.len(), PROCESSES * CALLS_PER_PROCESS);
-    assert!(
-        rows.iter().all(|r| r.outcome == "ok"),
-        "every call has its result"
-    );
+    assert!(rows.iter().all(|r| r.outcome == "ok"), "every call has its result");
     store.close().await;
 
     let (code, stdout, stderr) = run_cli(&["verify", "--ledger", &url]);

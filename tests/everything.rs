@@ -86,11 +86,7 @@ fn server_entry() -> PathBuf {
 
 /// The server over stdio, started with `node` (its `stdio` argument selects the transport).
 fn server_command(entry: &std::path::Path) -> Vec<String> {
-    vec![
-        "node".to_owned(),
-        entry.display().to_string(),
-        "stdio".to_owned(),
-    ]
+    vec!["node".to_owned(), entry.display().to_string(), "stdio".to_owned()]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +111,7 @@ async fn everything_server_is_unchanged_and_fully_recorded_through_the_proxy() {
     let direct = run_script("direct", direct).await;
     let proxied = run_script("proxied", proxied).await;
 
+    if std::env::var_os("E2E_DUMP").is_some() { for (k, v) in &proxied.transcript { eprintln!("{k}: {v}"); } for m in &proxied.from_server { eprintln!("<< {m}"); } for m in &proxied.to_server { eprintln!(">> {m}"); } }
     let mut checks = Checks::default();
     compare_runs(&direct, &proxied, &mut checks);
     check_ledger(&ledger, &proxied, &mut checks).await;
@@ -196,16 +193,11 @@ fn schema_arguments(schema: &JsonObject) -> Value {
         .filter_map(Value::as_str);
     let mut arguments = serde_json::Map::new();
     for name in required {
-        let property = properties
-            .and_then(|p| p.get(name))
-            .cloned()
-            .unwrap_or_default();
+        let property = properties.and_then(|p| p.get(name)).cloned().unwrap_or_default();
         let value = if let Some(default) = property.get("default") {
             default.clone()
-        } else if let Some(first) = property
-            .get("enum")
-            .and_then(Value::as_array)
-            .and_then(|e| e.first())
+        } else if let Some(first) =
+            property.get("enum").and_then(Value::as_array).and_then(|e| e.first())
         {
             first.clone()
         } else {
@@ -279,18 +271,9 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     let mut cursor = None;
     loop {
         let params = PaginatedRequestParams::default().with_cursor(cursor.clone());
-        let page = session
-            .request(
-                "tools/list",
-                ListToolsRequest::with_param(params.clone()).into(),
-                json!(params),
-            )
-            .await;
+        let page = session.request("tools/list", ListToolsRequest::with_param(params).into()).await;
         let result = &page.response["result"];
-        for tool in result["tools"]
-            .as_array()
-            .expect("tools/list result has tools")
-        {
+        for tool in result["tools"].as_array().expect("tools/list result has tools") {
             tools.push(
                 serde_json::from_value::<rmcp::model::Tool>(tool.clone()).expect("a valid tool"),
             );
@@ -309,19 +292,9 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     );
 
     let mut other_recorded = Vec::new();
-    let resources = session
-        .request(
-            "resources/list",
-            ListResourcesRequest::default().into(),
-            Value::Null,
-        )
-        .await;
+    let resources = session.request("resources/list", ListResourcesRequest::default().into()).await;
     let templates = session
-        .request(
-            "resources/templates/list",
-            ListResourceTemplatesRequest::default().into(),
-            Value::Null,
-        )
+        .request("resources/templates/list", ListResourceTemplatesRequest::default().into())
         .await;
     // A static document: its text is a file shipped in the package.
     let uri = resources.response["result"]["resources"][0]["uri"]
@@ -332,16 +305,9 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         .request(
             "resources/read",
             ReadResourceRequest::new(ReadResourceRequestParams::new(uri.clone())).into(),
-            json!({ "uri": uri }),
         )
         .await;
-    let prompts = session
-        .request(
-            "prompts/list",
-            ListPromptsRequest::default().into(),
-            Value::Null,
-        )
-        .await;
+    let prompts = session.request("prompts/list", ListPromptsRequest::default().into()).await;
     let prompt_arguments = json!({ "city": "Lisbon", "state": "Lisboa" });
     let prompt = session
         .request(
@@ -351,7 +317,6 @@ async fn run_script(label: &'static str, command: Command) -> Run {
                     .with_arguments(prompt_arguments.as_object().cloned().unwrap_or_default()),
             )
             .into(),
-            json!({ "name": "args-prompt", "arguments": prompt_arguments }),
         )
         .await;
     for exchange in [resources, templates] {
@@ -359,18 +324,13 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     }
     transcript.push((format!("resources/read {uri}"), read.response.clone()));
     transcript.push(("prompts/list".to_owned(), prompts.response));
-    transcript.push((
-        "prompts/get args-prompt".to_owned(),
-        prompt.response.clone(),
-    ));
+    transcript.push(("prompts/get args-prompt".to_owned(), prompt.response.clone()));
     other_recorded.push(read);
     other_recorded.push(prompt);
 
     let listed: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    let mut plan: Vec<(String, Value)> = tools
-        .iter()
-        .map(|t| (t.name.to_string(), arguments_for(t)))
-        .collect();
+    let mut plan: Vec<(String, Value)> =
+        tools.iter().map(|t| (t.name.to_string(), arguments_for(t))).collect();
     plan.extend(
         extra_calls()
             .into_iter()
@@ -384,13 +344,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         let params = CallToolRequestParams::new(tool.clone())
             .with_arguments(arguments.as_object().cloned().unwrap_or_default());
         // rmcp puts a progress token in every request's `_meta`, so any tool may report progress.
-        let exchange = session
-            .request(
-                "tools/call",
-                CallToolRequest::new(params).into(),
-                json!({ "name": tool, "arguments": arguments }),
-            )
-            .await;
+        let exchange = session.request("tools/call", CallToolRequest::new(params).into()).await;
         let progress: Vec<Value> = session
             .wire
             .from_server()
@@ -419,10 +373,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         .map(|m| json!({ "method": m["method"], "params": m["params"] }))
         .collect();
     server_requests.sort_by_key(Value::to_string);
-    transcript.push((
-        "requests from the server".to_owned(),
-        Value::Array(server_requests),
-    ));
+    transcript.push(("requests from the server".to_owned(), Value::Array(server_requests)));
 
     let run = session.finish().await;
     Run {
@@ -456,6 +407,10 @@ fn response_of(message: &Value) -> Value {
 /// The everything server's dynamic resources (`Resource N: This is a plaintext resource created
 /// at 10:42:17 AM`, and the same sentence base64-encoded as a blob) end in the wall-clock time
 /// of day they were made, which differs between two runs. The time is cut off; the rest stays.
+///
+/// The URL-elicitation error (-32042) names a prerequisite elicitation whose `elicitationId` the
+/// server draws with `randomUUID()` on every call, whatever the arguments; that id is replaced.
+///
 /// Nothing else is normalised: the rest of what this server returns is a function of what it
 /// was sent (random ids were avoided by passing explicit ones, and both children get the same
 /// environment, so `get-env` is compared whole).
@@ -475,17 +430,31 @@ fn normalise(value: &mut Value) {
             {
                 *blob = format!("<base64 of: {stable}>");
             }
+            if let Some(Value::Array(elicitations)) = fields.get_mut("elicitations") {
+                for id in elicitations.iter_mut().filter_map(|e| e.get_mut("elicitationId")) {
+                    if id.as_str().is_some_and(is_uuid) {
+                        *id = json!("<random uuid>");
+                    }
+                }
+            }
             fields.values_mut().for_each(normalise);
         }
         _ => {}
     }
 }
 
+fn is_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 fn without_time_of_day(text: &str) -> Option<String> {
     const STAMP: &str = " created at ";
     let at = text.find(STAMP)?;
-    text.starts_with("Resource ")
-        .then(|| format!("{}{STAMP}<time of day>", &text[..at]))
+    text.starts_with("Resource ").then(|| format!("{}{STAMP}<time of day>", &text[..at]))
 }
 
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
@@ -527,31 +496,19 @@ fn compare_runs(direct: &Run, proxied: &Run, checks: &mut Checks) {
     // The long-running tool reported every step, and rmcp delivered each report to the client
     // handler, through the proxy as directly.
     for run in [direct, proxied] {
-        let long = run
-            .calls
-            .iter()
-            .find(|c| c.tool() == "trigger-long-running-operation");
+        let long = run.calls.iter().find(|c| c.tool() == "trigger-long-running-operation");
         let Some(long) = long else {
-            checks.fail(format!(
-                "{}: no trigger-long-running-operation tool",
-                run.label
-            ));
+            checks.fail(format!("{}: no trigger-long-running-operation tool", run.label));
             continue;
         };
         let delivered: Vec<(f64, f64)> = run
             .delivered_progress
             .iter()
             .filter(|p| p["progressToken"] == long.progress_token)
-            .map(|p| {
-                (
-                    p["progress"].as_f64().unwrap_or(-1.0),
-                    p["total"].as_f64().unwrap_or(-1.0),
-                )
-            })
+            .map(|p| (p["progress"].as_f64().unwrap_or(-1.0), p["total"].as_f64().unwrap_or(-1.0)))
             .collect();
-        let expected: Vec<(f64, f64)> = (1..=PROGRESS_STEPS)
-            .map(|i| (i as f64, PROGRESS_STEPS as f64))
-            .collect();
+        let expected: Vec<(f64, f64)> =
+            (1..=PROGRESS_STEPS).map(|i| (i as f64, PROGRESS_STEPS as f64)).collect();
         checks.eq(
             &format!("{}: progress delivered to the client handler", run.label),
             &expected,
@@ -576,11 +533,7 @@ fn compare_runs(direct: &Run, proxied: &Run, checks: &mut Checks) {
         answers.sort_by_key(Value::to_string);
         Value::Array(answers)
     };
-    checks.json_eq(
-        "the client's answers to the server",
-        &answers(direct),
-        &answers(proxied),
-    );
+    checks.json_eq("the client's answers to the server", &answers(direct), &answers(proxied));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -596,16 +549,9 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
     store.close().await;
 
     let report = verify_all(&events);
-    checks.that(report.intact(), || {
-        format!("the chain does not verify: {report:?}")
-    });
+    checks.that(report.intact(), || format!("the chain does not verify: {report:?}"));
 
-    let of_type = |t: &str| {
-        events
-            .iter()
-            .filter(|e| e.event_type == t)
-            .collect::<Vec<_>>()
-    };
+    let of_type = |t: &str| events.iter().filter(|e| e.event_type == t).collect::<Vec<_>>();
     let starts = of_type("session_start");
     let ends = of_type("session_end");
     checks.eq("session_start events", &1, &starts.len());
@@ -621,27 +567,14 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
             &json!("mcp-ledger-e2e"),
             &start.data["client_info"]["name"],
         );
-        let sessions: Vec<_> = events
-            .iter()
-            .filter(|e| e.session_id != start.session_id)
-            .collect();
-        checks.that(sessions.is_empty(), || {
-            format!("events outside the session: {sessions:#?}")
-        });
+        let sessions: Vec<_> = events.iter().filter(|e| e.session_id != start.session_id).collect();
+        checks.that(sessions.is_empty(), || format!("events outside the session: {sessions:#?}"));
     }
 
     // Every tools/call: one tool_call and one tool_result, joined by call_id, referencing the
     // exact arguments sent and the exact response delivered.
-    checks.eq(
-        "tool_call events",
-        &run.calls.len(),
-        &of_type("tool_call").len(),
-    );
-    checks.eq(
-        "tool_result events",
-        &run.calls.len(),
-        &of_type("tool_result").len(),
-    );
+    checks.eq("tool_call events", &run.calls.len(), &of_type("tool_call").len());
+    checks.eq("tool_result events", &run.calls.len(), &of_type("tool_result").len());
     for call in &run.calls {
         let what = format!("tools/call {} (id {})", call.tool(), call.id);
         let Some((request, response)) = recorded_pair(
@@ -655,27 +588,15 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
         ) else {
             continue;
         };
-        checks.eq(
-            &format!("{what}: tool"),
-            &json!(call.tool()),
-            &request.data["tool"],
-        );
-        checks.eq(
-            &format!("{what}: tool in result"),
-            &json!(call.tool()),
-            &response.data["tool"],
-        );
+        checks.eq(&format!("{what}: tool"), &json!(call.tool()), &request.data["tool"]);
+        checks.eq(&format!("{what}: tool in result"), &json!(call.tool()), &response.data["tool"]);
         checks.eq(
             &format!("{what}: input_ref"),
             &json!(reference(&call.params["arguments"])),
             &request.data["input_ref"],
         );
         let outcome = expected_outcome(&call.response);
-        checks.eq(
-            &format!("{what}: outcome"),
-            &json!(outcome),
-            &response.data["outcome"],
-        );
+        checks.eq(&format!("{what}: outcome"), &json!(outcome), &response.data["outcome"]);
         checks.eq(
             &format!("{what}: output_ref"),
             &json!(reference(body_of(&call.response))),
@@ -684,11 +605,7 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
         let call_id = request.data["call_id"].as_str().unwrap_or_default();
         match provenance.iter().find(|row| row.call_id == call_id) {
             Some(row) => {
-                checks.eq(
-                    &format!("{what}: provenance outcome"),
-                    &outcome,
-                    &row.outcome.as_str(),
-                );
+                checks.eq(&format!("{what}: provenance outcome"), &outcome, &row.outcome.as_str());
                 checks.eq(
                     &format!("{what}: provenance action"),
                     &Some(call.tool().to_owned()),
@@ -722,11 +639,7 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
                 &json!(reference(&exchange.params)),
                 &request.data["input_ref"],
             );
-            checks.eq(
-                &format!("{what}: outcome"),
-                &json!("ok"),
-                &response.data["outcome"],
-            );
+            checks.eq(&format!("{what}: outcome"), &json!("ok"), &response.data["outcome"]);
             checks.eq(
                 &format!("{what}: output_ref"),
                 &json!(reference(body_of(&exchange.response))),
@@ -745,10 +658,8 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
             continue;
         }
         served += 1;
-        let Some(answer) = run
-            .to_server
-            .iter()
-            .find(|m| m.get("method").is_none() && m["id"] == message["id"])
+        let Some(answer) =
+            run.to_server.iter().find(|m| m.get("method").is_none() && m["id"] == message["id"])
         else {
             checks.fail(format!("the client never answered {message}"));
             continue;
@@ -775,11 +686,7 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
                 &json!(reference(&exchange.params)),
                 &request.data["input_ref"],
             );
-            checks.eq(
-                &format!("{what}: outcome"),
-                &json!("ok"),
-                &response.data["outcome"],
-            );
+            checks.eq(&format!("{what}: outcome"), &json!("ok"), &response.data["outcome"]);
             checks.eq(
                 &format!("{what}: output_ref"),
                 &json!(reference(body_of(&exchange.response))),
@@ -797,28 +704,15 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
             format!("the server never sent {method}; the test covers nothing")
         });
     }
-    let server_requests_recorded = of_type("request")
-        .iter()
-        .filter(|e| e.data["direction"] == "server_to_agent")
-        .count();
-    checks.eq(
-        "server-to-agent request events",
-        &served,
-        &server_requests_recorded,
-    );
+    let server_requests_recorded =
+        of_type("request").iter().filter(|e| e.data["direction"] == "server_to_agent").count();
+    checks.eq("server-to-agent request events", &served, &server_requests_recorded);
     checks.eq(
         "agent-to-server request events",
         &run.other_recorded.len(),
-        &of_type("request")
-            .iter()
-            .filter(|e| e.data["direction"] == "agent_to_server")
-            .count(),
+        &of_type("request").iter().filter(|e| e.data["direction"] == "agent_to_server").count(),
     );
-    checks.eq(
-        "response events",
-        &(served + run.other_recorded.len()),
-        &of_type("response").len(),
-    );
+    checks.eq("response events", &(served + run.other_recorded.len()), &of_type("response").len());
 }
 
 /// The one request event and the one response event recorded for `exchange`.
@@ -842,16 +736,10 @@ fn recorded_pair<'e>(
         })
         .collect();
     let [request] = requests.as_slice() else {
-        checks.fail(format!(
-            "{what}: expected one {request_type} event, found {requests:#?}"
-        ));
+        checks.fail(format!("{what}: expected one {request_type} event, found {requests:#?}"));
         return None;
     };
-    checks.eq(
-        &format!("{what}: method"),
-        &json!(exchange.method),
-        &request.data["method"],
-    );
+    checks.eq(&format!("{what}: method"), &json!(exchange.method), &request.data["method"]);
     let call_id = &request.data["call_id"];
     let responses: Vec<&Event> = events
         .iter()
@@ -883,10 +771,7 @@ fn expected_outcome(response: &Value) -> &'static str {
 }
 
 fn body_of(response: &Value) -> &Value {
-    response
-        .get("result")
-        .or_else(|| response.get("error"))
-        .expect("a response")
+    response.get("result").or_else(|| response.get("error")).expect("a response")
 }
 
 fn reference(value: &Value) -> String {
@@ -920,9 +805,7 @@ impl Checks {
         expected: &T,
         actual: &T,
     ) {
-        self.that(expected == actual, || {
-            format!("{what}: expected {expected:?}, got {actual:?}")
-        });
+        self.that(expected == actual, || format!("{what}: expected {expected:?}, got {actual:?}"));
     }
 
     /// Direct against proxied, showing both as JSON.
@@ -939,11 +822,7 @@ impl Checks {
         for run in runs {
             eprintln!("---- {} stderr ----\n{}", run.label, run.stderr);
         }
-        panic!(
-            "{} check(s) failed:\n\n{}",
-            self.failures.len(),
-            self.failures.join("\n\n")
-        );
+        panic!("{} check(s) failed:\n\n{}", self.failures.len(), self.failures.join("\n\n"));
     }
 }
 
@@ -1059,9 +938,8 @@ impl Session {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("{label}: cannot start {command:?}: {e}"));
+        let mut child =
+            command.spawn().unwrap_or_else(|e| panic!("{label}: cannot start {command:?}: {e}"));
         let mut stderr = child.stderr.take().expect("piped stderr");
         let stderr = tokio::spawn(async move {
             let mut text = String::new();
@@ -1070,33 +948,19 @@ impl Session {
         });
         let wire = Wire::default();
         let transport = (
-            Tee {
-                inner: child.stdout.take().expect("piped stdout"),
-                seen: wire.read.clone(),
-            },
-            Tee {
-                inner: child.stdin.take().expect("piped stdin"),
-                seen: wire.written.clone(),
-            },
+            Tee { inner: child.stdout.take().expect("piped stdout"), seen: wire.read.clone() },
+            Tee { inner: child.stdin.take().expect("piped stdin"), seen: wire.written.clone() },
         );
         let handler = CannedClient::default();
         let client = tokio::time::timeout(REQUEST_TIMEOUT, handler.clone().serve(transport))
             .await
             .unwrap_or_else(|_| panic!("{label}: no initialize response"))
             .unwrap_or_else(|e| panic!("{label}: MCP handshake failed: {e}"));
-        Session {
-            label,
-            client,
-            handler,
-            wire,
-            child,
-            stderr,
-        }
+        Session { label, client, handler, wire, child, stderr }
     }
 
-    /// Sends `request` and returns the raw response the client read for it. `params` is what
-    /// the request carries, for the ledger checks.
-    async fn request(&mut self, method: &str, request: ClientRequest, params: Value) -> Exchange {
+    /// Sends `request` and returns it and its response as they crossed the wire.
+    async fn request(&mut self, method: &str, request: ClientRequest) -> Exchange {
         let label = self.label;
         let handle = self
             .client
@@ -1109,13 +973,19 @@ impl Session {
         // A JSON-RPC error is a legitimate outcome here; it is compared like a result.
         let _typed = tokio::time::timeout(REQUEST_TIMEOUT, handle.await_response())
             .await
-            .unwrap_or_else(|_| panic!("{label}: {method} {params} got no response"));
+            .unwrap_or_else(|_| panic!("{label}: {method} (id {id}) got no response"));
         let message = self
             .wire
             .from_server()
             .into_iter()
             .find(|m| m.get("method").is_none() && m["id"] == id)
             .unwrap_or_else(|| panic!("{label}: no response with id {id} on the wire"));
+        // The params as sent, with the `_meta` rmcp added (the ledger records them whole).
+        let sent = messages(&self.wire.written.lock().expect("lock"))
+            .into_iter()
+            .find(|m| m["method"] == method && m["id"] == id)
+            .unwrap_or_else(|| panic!("{label}: {method} with id {id} is not on the wire"));
+        let params = sent.get("params").cloned().unwrap_or(Value::Null);
         Exchange {
             method: method.to_owned(),
             params,
@@ -1137,10 +1007,7 @@ impl Session {
             .expect("wait for the child");
         let stderr = self.stderr.await.unwrap_or_default();
         // `mcp-ledger stdio` exits 0 when the agent ends the session; node too, on stdin EOF.
-        assert!(
-            status.success(),
-            "{label}: the child exited with {status}; stderr:\n{stderr}"
-        );
+        assert!(status.success(), "{label}: the child exited with {status}; stderr:\n{stderr}");
         let delivered_progress = self.handler.progress.lock().expect("lock").clone();
         Run {
             label,
@@ -1200,10 +1067,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Tee<R> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            self.seen
-                .lock()
-                .expect("lock")
-                .extend_from_slice(&buf.filled()[before..]);
+            self.seen.lock().expect("lock").extend_from_slice(&buf.filled()[before..]);
         }
         poll
     }
@@ -1217,10 +1081,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tee<W> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = poll {
-            self.seen
-                .lock()
-                .expect("lock")
-                .extend_from_slice(&buf[..written]);
+            self.seen.lock().expect("lock").extend_from_slice(&buf[..written]);
         }
         poll
     }

@@ -21,15 +21,10 @@ fn calls_received(call_log: &Path) -> Vec<Value> {
 }
 
 fn assert_refused(reply: &Value) {
-    let error = reply
-        .get("error")
-        .unwrap_or_else(|| panic!("expected an error: {reply}"));
+    let error = reply.get("error").unwrap_or_else(|| panic!("expected an error: {reply}"));
     assert_eq!(error["code"], -32000, "{reply}");
     assert_eq!(error["data"]["mcp_ledger"], "ledger_unavailable", "{reply}");
-    assert!(
-        error["message"].as_str().unwrap().contains("not forwarded"),
-        "{reply}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("not forwarded"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,18 +34,10 @@ async fn postgres_gone_mid_session_refuses_the_call() {
     };
     ledger.open().await.close().await;
     let direct = ledger.url_string();
-    let (host_port, database) = direct
-        .trim_start_matches("postgres://postgres@")
-        .split_once('/')
-        .unwrap();
-    let chaos = ChaosProxy::start(
-        tokio::net::lookup_host(host_port)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
+    let (host_port, database) =
+        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
+    let chaos =
+        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
     let through_chaos = format!("postgres://postgres@{}/{database}", chaos.addr);
 
     let dir = tempfile::tempdir().unwrap();
@@ -60,9 +47,7 @@ async fn postgres_gone_mid_session_refuses_the_call() {
     let mut client = LineClient::spawn(BIN, &args);
     client.initialize().await;
 
-    let ok = client
-        .call_tool("lookup_customer", json!({"customer_id": "cus_1001"}))
-        .await;
+    let ok = client.call_tool("lookup_customer", json!({"customer_id": "cus_1001"})).await;
     assert_eq!(ok["result"]["isError"], false, "{ok}");
     assert_eq!(calls_received(&call_log).len(), 1);
 
@@ -74,11 +59,7 @@ async fn postgres_gone_mid_session_refuses_the_call() {
         )
         .await;
     assert_refused(&refused);
-    assert_eq!(
-        calls_received(&call_log).len(),
-        1,
-        "the upstream never saw the unrecorded call"
-    );
+    assert_eq!(calls_received(&call_log).len(), 1, "the upstream never saw the unrecorded call");
 
     // Nothing but the first call and its result (and the session start) reached the ledger.
     let store = ledger.open().await;
@@ -99,9 +80,7 @@ async fn sqlite_locked_too_long_refuses_the_call() {
     args.splice(1..1, ["--lock-timeout-ms".to_owned(), "500".to_owned()]);
     let mut client = LineClient::spawn(BIN, &args);
     client.initialize().await;
-    let ok = client
-        .call_tool("lookup_customer", json!({"customer_id": "cus_1002"}))
-        .await;
+    let ok = client.call_tool("lookup_customer", json!({"customer_id": "cus_1002"})).await;
     assert_eq!(ok["result"]["isError"], false, "{ok}");
 
     // Another process holds the write lock and does not let go.
@@ -111,32 +90,17 @@ async fn sqlite_locked_too_long_refuses_the_call() {
         .connect()
         .await
         .unwrap();
-    sqlx::raw_sql("BEGIN EXCLUSIVE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
 
     let refused = client
-        .call_tool(
-            "send_email",
-            json!({"to": "a@example.com", "subject": "s", "body": "b"}),
-        )
+        .call_tool("send_email", json!({"to": "a@example.com", "subject": "s", "body": "b"}))
         .await;
     assert_refused(&refused);
-    assert_eq!(
-        calls_received(&call_log).len(),
-        1,
-        "the upstream never saw the unrecorded call"
-    );
+    assert_eq!(calls_received(&call_log).len(), 1, "the upstream never saw the unrecorded call");
 
     // Once the lock is released, calls are recorded and forwarded again.
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    let ok = client
-        .call_tool("lookup_customer", json!({"customer_id": "cus_1003"}))
-        .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    let ok = client.call_tool("lookup_customer", json!({"customer_id": "cus_1003"})).await;
     assert_eq!(ok["result"]["isError"], false, "{ok}");
     assert_eq!(calls_received(&call_log).len(), 2);
     assert!(client.close().await.success());
@@ -149,16 +113,8 @@ async fn sqlite_locked_too_long_refuses_the_call() {
 async fn an_unreachable_ledger_stops_the_proxy_before_the_upstream_starts() {
     let dir = tempfile::tempdir().unwrap();
     let call_log = dir.path().join("calls.jsonl");
-    let args = proxy_args(
-        "postgres://postgres@127.0.0.1:1/nothing",
-        "agent-1",
-        Some(&call_log),
-    );
-    let output = tokio::process::Command::new(BIN)
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
+    let args = proxy_args("postgres://postgres@127.0.0.1:1/nothing", "agent-1", Some(&call_log));
+    let output = tokio::process::Command::new(BIN).args(&args).output().await.unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -64,17 +64,12 @@ async fn all_events(store: &Arc<dyn Store>) -> Vec<mcp_ledger::record::Event> {
 
 async fn appends_are_sealed_in_order_and_read_back(ledger: TestLedger) {
     let store = ledger.open().await;
-    let first = store
-        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({"x": 1}))])
-        .await
-        .unwrap();
+    let first =
+        store.append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({"x": 1}))]).await.unwrap();
     let more = store
         .append(
             DEFAULT_CHAIN,
-            &[
-                tool_call("c2", "echo", json!({})),
-                tool_call("c3", "echo", json!({})),
-            ],
+            &[tool_call("c2", "echo", json!({})), tool_call("c3", "echo", json!({}))],
         )
         .await
         .unwrap();
@@ -96,28 +91,15 @@ async fn payloads_are_content_addressed_and_deduplicated(ledger: TestLedger) {
     let store = ledger.open().await;
     let arguments =
         json!({"to": "dana@example.com", "amount": 42.5, "nested": {"b": [1, 2], "a": null}});
-    store
-        .append(DEFAULT_CHAIN, &[tool_call("c1", "send", arguments.clone())])
-        .await
-        .unwrap();
+    store.append(DEFAULT_CHAIN, &[tool_call("c1", "send", arguments.clone())]).await.unwrap();
     // The same body again (keys in another order) is the same reference, stored once.
     let same =
         json!({"nested": {"a": null, "b": [1, 2]}, "amount": 42.5, "to": "dana@example.com"});
-    store
-        .append(DEFAULT_CHAIN, &[tool_call("c2", "send", same)])
-        .await
-        .unwrap();
+    store.append(DEFAULT_CHAIN, &[tool_call("c2", "send", same)]).await.unwrap();
 
     let reference = Payload::of(&arguments).unwrap().reference;
-    let body = store
-        .payload(&reference)
-        .await
-        .unwrap()
-        .expect("payload stored");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
-        arguments
-    );
+    let body = store.payload(&reference).await.unwrap().expect("payload stored");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), arguments);
     assert_eq!(mcp_ledger::record::payload_ref(body.as_bytes()), reference);
     assert_eq!(store.payload("sha256:0000").await.unwrap(), None);
     store.close().await;
@@ -129,9 +111,7 @@ async fn concurrent_appends_batch_into_one_gap_free_chain(ledger: TestLedger) {
     let appends = (0..300).map(|i| {
         let writer = writer.clone();
         tokio::spawn(async move {
-            writer
-                .append(tool_call(&format!("c{i}"), "echo", json!({"i": i})))
-                .await
+            writer.append(tool_call(&format!("c{i}"), "echo", json!({"i": i}))).await
         })
     });
     let committed: Vec<_> = futures::future::join_all(appends)
@@ -153,32 +133,19 @@ async fn concurrent_appends_batch_into_one_gap_free_chain(ledger: TestLedger) {
 
 async fn the_database_refuses_to_change_events(ledger: TestLedger) {
     let store = ledger.open().await;
-    store
-        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))])
-        .await
-        .unwrap();
+    store.append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))]).await.unwrap();
     store.close().await;
     let table = ledger.events_table();
 
-    let update = ledger
-        .exec_as_owner(&format!("UPDATE {table} SET agent = 'mallory'"))
-        .await;
+    let update = ledger.exec_as_owner(&format!("UPDATE {table} SET agent = 'mallory'")).await;
     let error = update.expect_err("UPDATE must be refused").to_string();
     assert!(error.contains("append-only"), "{error}");
     let delete = ledger.exec_as_owner(&format!("DELETE FROM {table}")).await;
-    assert!(
-        delete
-            .expect_err("DELETE must be refused")
-            .to_string()
-            .contains("append-only")
-    );
+    assert!(delete.expect_err("DELETE must be refused").to_string().contains("append-only"));
     if ledger.is_postgres() {
         let truncate = ledger.exec_as_owner(&format!("TRUNCATE {table}")).await;
         assert!(
-            truncate
-                .expect_err("TRUNCATE must be refused")
-                .to_string()
-                .contains("append-only")
+            truncate.expect_err("TRUNCATE must be refused").to_string().contains("append-only")
         );
     }
     let store = ledger.open().await;
@@ -198,10 +165,8 @@ async fn provenance_has_one_row_per_tool_call(ledger: TestLedger) {
         EventType::ToolResult,
         json!({"call_id": "c2", "tool": "boom", "outcome": "error", "output_ref": null, "error": "code -32603: boom"}),
     );
-    let other = Draft::new(
-        EventType::Request,
-        json!({"call_id": "r1", "method": "resources/read"}),
-    );
+    let other =
+        Draft::new(EventType::Request, json!({"call_id": "r1", "method": "resources/read"}));
     store
         .append(
             DEFAULT_CHAIN,
@@ -229,11 +194,7 @@ async fn provenance_has_one_row_per_tool_call(ledger: TestLedger) {
     assert_eq!(c1.outcome, "ok");
     assert_eq!(c1.output_ref.as_deref(), Some(output.reference.as_str()));
     assert!(c1.input_ref.as_deref().unwrap().starts_with("sha256:"));
-    assert!(
-        c1.timestamp.ends_with('Z') && c1.timestamp.len() == 27,
-        "{}",
-        c1.timestamp
-    );
+    assert!(c1.timestamp.ends_with('Z') && c1.timestamp.len() == 27, "{}", c1.timestamp);
     assert_eq!(row("c2").outcome, "error");
     assert_eq!(row("c2").error.as_deref(), Some("code -32603: boom"));
     assert_eq!(row("c3").outcome, "pending");
@@ -243,10 +204,7 @@ async fn provenance_has_one_row_per_tool_call(ledger: TestLedger) {
 
 async fn migrations_are_idempotent(ledger: TestLedger) {
     let store = ledger.open().await;
-    store
-        .append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))])
-        .await
-        .unwrap();
+    store.append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))]).await.unwrap();
     store.migrate().await.expect("migrating again is a no-op");
     store.close().await;
     let reopened = ledger.open().await;
@@ -263,9 +221,7 @@ async fn two_stores_on_one_ledger_keep_one_chain(ledger: TestLedger) {
     let appends = (0..200).map(|i| {
         let writer = if i % 2 == 0 { wa.clone() } else { wb.clone() };
         tokio::spawn(async move {
-            writer
-                .append(tool_call(&format!("c{i}"), "echo", json!({"i": i})))
-                .await
+            writer.append(tool_call(&format!("c{i}"), "echo", json!({"i": i}))).await
         })
     });
     for result in futures::future::join_all(appends).await {
@@ -299,13 +255,8 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
         .await
         .unwrap();
     let url =
-        ledger
-            .url_string()
-            .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
-    assert!(
-        url.contains(role),
-        "the test expects the admin user to be `postgres`: {url}"
-    );
+        ledger.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
     let as_writer = mcp_ledger::store::open(
         &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
         &mcp_ledger::store::StoreOptions::default(),
@@ -319,23 +270,15 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
     assert_eq!(as_writer.provenance(10).await.unwrap().len(), 1);
     as_writer.close().await;
 
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
     for statement in [
         "UPDATE mcp_ledger.events SET agent = 'x'",
         "DELETE FROM mcp_ledger.events",
         "TRUNCATE mcp_ledger.events",
         "DROP TRIGGER events_refuse_change ON mcp_ledger.events",
     ] {
-        let error = sqlx::query(statement)
-            .execute(&mut conn)
-            .await
-            .expect_err(statement);
-        let code = error
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|c| c.into_owned());
+        let error = sqlx::query(statement).execute(&mut conn).await.expect_err(statement);
+        let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
         assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
     }
 }

@@ -90,28 +90,15 @@ async fn an_edited_row_is_named_as_modified(ledger: TestLedger) {
     let events = ledger_with_events(&ledger, 5).await;
     disarm(&ledger).await;
     let table = ledger.events_table();
-    let data = if ledger.is_postgres() {
-        "'{\"amount\": 9000}'::jsonb"
-    } else {
-        "'{\"amount\": 9000}'"
-    };
-    ledger
-        .exec_as_owner(&format!("UPDATE {table} SET data = {data} WHERE seq = 3"))
-        .await
-        .unwrap();
+    let data =
+        if ledger.is_postgres() { "'{\"amount\": 9000}'::jsonb" } else { "'{\"amount\": 9000}'" };
+    ledger.exec_as_owner(&format!("UPDATE {table} SET data = {data} WHERE seq = 3")).await.unwrap();
 
     let (code, output) = verify(&ledger);
     assert_eq!(code, 1, "{output}");
-    assert!(
-        output.contains(&format!("modified: event {}", events[2].event_id)),
-        "{output}"
-    );
+    assert!(output.contains(&format!("modified: event {}", events[2].event_id)), "{output}");
     assert!(output.contains("seq 3"), "{output}");
-    assert_eq!(
-        output.matches("modified").count(),
-        1,
-        "only the edited row is named: {output}"
-    );
+    assert_eq!(output.matches("modified").count(), 1, "only the edited row is named: {output}");
 
     let url = ledger.url_string();
     let (_, stdout, _) = run_cli(&["verify", "--ledger", &url, "--json"]);
@@ -119,33 +106,21 @@ async fn an_edited_row_is_named_as_modified(ledger: TestLedger) {
     assert_eq!(report["status"], "tampered");
     assert_eq!(report["findings"][0]["kind"], "modified");
     assert_eq!(report["findings"][0]["seq"], 3);
-    assert_eq!(
-        report["findings"][0]["event_id"],
-        events[2].event_id.as_str()
-    );
+    assert_eq!(report["findings"][0]["event_id"], events[2].event_id.as_str());
 }
 
 async fn a_deleted_row_is_named_as_missing(ledger: TestLedger) {
     let events = ledger_with_events(&ledger, 5).await;
     disarm(&ledger).await;
     ledger
-        .exec_as_owner(&format!(
-            "DELETE FROM {} WHERE seq = 2",
-            ledger.events_table()
-        ))
+        .exec_as_owner(&format!("DELETE FROM {} WHERE seq = 2", ledger.events_table()))
         .await
         .unwrap();
 
     let (code, output) = verify(&ledger);
     assert_eq!(code, 1, "{output}");
-    assert!(
-        output.contains("missing: seq 2 of chain default is gone"),
-        "{output}"
-    );
-    assert!(
-        output.contains(&events[2].event_id),
-        "names the event after the gap: {output}"
-    );
+    assert!(output.contains("missing: seq 2 of chain default is gone"), "{output}");
+    assert!(output.contains(&events[2].event_id), "names the event after the gap: {output}");
 }
 
 async fn swapped_rows_are_named_as_out_of_order(ledger: TestLedger) {
@@ -170,10 +145,7 @@ async fn swapped_rows_are_named_as_out_of_order(ledger: TestLedger) {
         )),
         "{output}"
     );
-    assert!(
-        output.contains(&format!("out of order: event {}", events[3].event_id)),
-        "{output}"
-    );
+    assert!(output.contains(&format!("out of order: event {}", events[3].event_id)), "{output}");
 }
 
 async fn a_duplicated_seq_is_named_as_inserted(ledger: TestLedger) {
@@ -236,10 +208,7 @@ async fn a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link(ledger: Tes
 
     let (code, output) = verify(&ledger);
     assert_eq!(code, 1, "{output}");
-    assert!(
-        output.contains(&format!("broken link: event {}", events[2].event_id)),
-        "{output}"
-    );
+    assert!(output.contains(&format!("broken link: event {}", events[2].event_id)), "{output}");
     assert!(output.contains("seq 2 was rewritten"), "{output}");
 }
 
@@ -257,10 +226,7 @@ async fn an_unreadable_ledger_could_not_be_checked() {
 
     let (code, _, stderr) = run_cli(&["verify", "--ledger", "mysql://x"]);
     assert_eq!(code, 64, "{stderr}");
-    assert!(
-        stderr.contains("unsupported ledger url `mysql://x`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unsupported ledger url `mysql://x`"), "{stderr}");
 }
 
 #[tokio::test]

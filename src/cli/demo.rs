@@ -60,9 +60,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         .arg(&exe)
         .arg("demo-server")
         .env("MCP_LEDGER_LOG", "warn");
-    let calls = run_scripted_agent(proxy)
-        .await
-        .context("the scripted agent failed")?;
+    let calls = run_scripted_agent(proxy).await.context("the scripted agent failed")?;
 
     println!("1. The agent made {} calls through the proxy:", calls.len());
     for call in &calls {
@@ -92,14 +90,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         "   trigger, and rewrites the refund's record (seq {seq}, event {event_id}) to claim an"
     );
     println!("   operator approved it. `mcp-ledger verify` on that copy:\n");
-    let tampered = SqliteStore::open(
-        &tampered_path,
-        &StoreOptions {
-            migrate: false,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let tampered =
+        SqliteStore::open(&tampered_path, &StoreOptions { migrate: false, ..Default::default() })
+            .await?;
     let report = verify_store(&tampered).await?;
     tampered.close().await;
     print_report(&report);
@@ -109,14 +102,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
 
     if args.keep.is_some() {
         println!("\nThe ledgers are kept in {}. Try:", dir.display());
-        println!(
-            "  mcp-ledger log --ledger sqlite://{}",
-            ledger_path.display()
-        );
-        println!(
-            "  sqlite3 {} 'SELECT * FROM provenance'",
-            ledger_path.display()
-        );
+        println!("  mcp-ledger log --ledger sqlite://{}", ledger_path.display());
+        println!("  sqlite3 {} 'SELECT * FROM provenance'", ledger_path.display());
     }
     println!(
         "\nDone: {} calls recorded, the ledger verified, and the tampering was named.",
@@ -127,14 +114,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
 
 /// Rewrites the recorded refund call in the ledger at `path` as if an operator had approved it.
 async fn forge_approval(path: &Path) -> anyhow::Result<(i64, String)> {
-    let store = SqliteStore::open(
-        path,
-        &StoreOptions {
-            migrate: false,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let store =
+        SqliteStore::open(path, &StoreOptions { migrate: false, ..Default::default() }).await?;
     let events: Vec<_> = store.events().try_collect().await?;
     let refund = events
         .iter()

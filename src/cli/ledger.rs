@@ -26,21 +26,23 @@ impl LedgerArgs {
         }
     }
 
-    /// Opens the ledger for reading: never creates or migrates one.
-    async fn open_existing(&self) -> Result<Arc<dyn Store>, anyhow::Error> {
-        let url = self.url().map_err(|e| anyhow::anyhow!("{e}"))?;
+    /// Opens the ledger for reading: never creates or migrates one. A bad URL is a usage error;
+    /// a ledger that cannot be opened is reported through `failed`.
+    async fn open_existing(
+        &self,
+        failed: fn(anyhow::Error) -> CliError,
+    ) -> Result<Arc<dyn Store>, CliError> {
+        let url = self.url()?;
         if let LedgerUrl::Sqlite(path) = &url
             && !path.exists()
         {
-            anyhow::bail!("no ledger at {}", path.display());
+            return Err(failed(anyhow::anyhow!("no ledger at {}", path.display())));
         }
-        let options = StoreOptions {
-            migrate: false,
-            ..StoreOptions::default()
-        };
+        let options = StoreOptions { migrate: false, ..StoreOptions::default() };
         store::open(&url, &options)
             .await
             .with_context(|| format!("cannot open the ledger {url}"))
+            .map_err(failed)
     }
 }
 
@@ -64,32 +66,18 @@ pub async fn verify_store(store: &dyn Store) -> Result<Report, anyhow::Error> {
 }
 
 pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
-    let store = args
-        .ledger
-        .open_existing()
-        .await
-        .map_err(CliError::CouldNotCheck)?;
-    let report = verify_store(store.as_ref())
-        .await
-        .map_err(CliError::CouldNotCheck)?;
+    let store = args.ledger.open_existing(CliError::CouldNotCheck).await?;
+    let report = verify_store(store.as_ref()).await.map_err(CliError::CouldNotCheck)?;
     store.close().await;
     if args.json {
-        let status = if report.intact() {
-            "intact"
-        } else {
-            "tampered"
-        };
+        let status = if report.intact() { "intact" } else { "tampered" };
         let mut value = serde_json::to_value(&report).expect("a report serialises");
         value["status"] = status.into();
         println!("{value}");
     } else {
         print_report(&report);
     }
-    Ok(if report.intact() {
-        exit::OK
-    } else {
-        exit::FAILURE
-    })
+    Ok(if report.intact() { exit::OK } else { exit::FAILURE })
 }
 
 pub fn print_report(report: &Report) {
@@ -131,15 +119,8 @@ pub struct LogArgs {
 }
 
 pub async fn log(args: LogArgs) -> Result<u8, CliError> {
-    let store = args
-        .ledger
-        .open_existing()
-        .await
-        .map_err(CliError::Failed)?;
-    let rows = store
-        .provenance(args.limit)
-        .await
-        .map_err(|e| CliError::Failed(e.into()))?;
+    let store = args.ledger.open_existing(CliError::Failed).await?;
+    let rows = store.provenance(args.limit).await.map_err(|e| CliError::Failed(e.into()))?;
     store.close().await;
     if args.json {
         for row in &rows {
@@ -165,9 +146,7 @@ pub fn provenance_table(rows: &[ProvenanceRow]) -> Table {
         "output_ref",
     ]);
     let short = |r: &Option<String>| {
-        r.as_deref()
-            .map(|r| r.chars().take(19).collect::<String>() + "…")
-            .unwrap_or_default()
+        r.as_deref().map(|r| r.chars().take(19).collect::<String>() + "…").unwrap_or_default()
     };
     for row in rows {
         table.add_row([
@@ -176,11 +155,9 @@ pub fn provenance_table(rows: &[ProvenanceRow]) -> Table {
             row.server.clone().unwrap_or_default(),
             row.action.clone().unwrap_or_default(),
             match &row.error {
-                Some(error) => format!(
-                    "{} ({})",
-                    row.outcome,
-                    error.chars().take(40).collect::<String>()
-                ),
+                Some(error) => {
+                    format!("{} ({})", row.outcome, error.chars().take(40).collect::<String>())
+                }
                 None => row.outcome.clone(),
             },
             row.authorized_by.clone().unwrap_or_default(),

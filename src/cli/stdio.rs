@@ -31,20 +31,14 @@ pub struct StdioArgs {
 pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     let url = args.ledger.url()?;
     let lock_timeout = std::time::Duration::from_millis(args.lock_timeout_ms);
-    let options = StoreOptions {
-        lock_timeout,
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions { lock_timeout, ..StoreOptions::default() };
     // Without a ledger nothing may be forwarded, so an unreachable ledger stops us before the
     // upstream is even started.
     let store = store::open(&url, &options)
         .await
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
-    let server = args
-        .server
-        .clone()
-        .unwrap_or_else(|| server_name_from_command(&args.command));
+    let server = args.server.clone().unwrap_or_else(|| server_name_from_command(&args.command));
     let child = spawn_upstream(&args.command).map_err(|e| CliError::Usage(e.into()))?;
 
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);

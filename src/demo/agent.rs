@@ -39,11 +39,7 @@ type Client = RunningService<RoleClient, ClientConfig>;
 pub async fn run_scripted_agent(
     command: tokio::process::Command,
 ) -> anyhow::Result<Vec<ScriptedCall>> {
-    let program = command
-        .as_std()
-        .get_program()
-        .to_string_lossy()
-        .into_owned();
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
     let (transport, _no_stderr) = TokioChildProcess::builder(command)
         .stderr(Stdio::inherit())
         .spawn()
@@ -65,37 +61,25 @@ where
         Implementation::new("mcp-ledger-demo-agent", env!("CARGO_PKG_VERSION")),
     )
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
-    let client = config
-        .serve(transport)
-        .await
-        .context("mcp handshake with the demo server failed")?;
+    let client =
+        config.serve(transport).await.context("mcp handshake with the demo server failed")?;
     let played = play(&client).await;
     // Close before looking at the result, so the child is reaped on every path.
-    let quit = client
-        .cancel()
-        .await
-        .context("demo agent's client task failed")?;
+    let quit = client.cancel().await.context("demo agent's client task failed")?;
     tracing::debug!(?quit, "demo agent disconnected");
     played
 }
 
 async fn play(client: &Client) -> anyhow::Result<Vec<ScriptedCall>> {
-    let tools = client
-        .list_all_tools()
-        .await
-        .context("could not list the demo server's tools")?;
+    let tools = client.list_all_tools().await.context("could not list the demo server's tools")?;
     tracing::info!(
         tools = ?tools.iter().map(|t| t.name.as_ref()).collect::<Vec<_>>(),
         "demo agent sees tools"
     );
 
     let mut calls = Vec::new();
-    let (found, result) = call_tool(
-        client,
-        "lookup_customer",
-        json!({ "customer_id": "cus_1001" }),
-    )
-    .await;
+    let (found, result) =
+        call_tool(client, "lookup_customer", json!({ "customer_id": "cus_1001" })).await;
     calls.push(found);
     // Use the address the lookup returned, as a real agent would; fall back if it was refused.
     let email = result
@@ -140,11 +124,7 @@ async fn play(client: &Client) -> anyhow::Result<Vec<ScriptedCall>> {
 
     let read = ReadResourceRequestParams::new(DIRECTORY_URI);
     let outcome = outcome_of(client.read_resource(read).await.map(|_| ()));
-    calls.push(record(
-        "resources/read",
-        json!({ "uri": DIRECTORY_URI }),
-        outcome,
-    ));
+    calls.push(record("resources/read", json!({ "uri": DIRECTORY_URI }), outcome));
 
     let prompt_args = json!({ "customer_id": "cus_1001", "issue": "a duplicate charge" });
     let get = GetPromptRequestParams::new("draft_apology").with_arguments(as_object(&prompt_args));
@@ -166,10 +146,7 @@ async fn call_tool(
     match client.call_tool(params).await {
         Ok(result) if result.is_error == Some(true) => {
             let text = text_of(&result);
-            (
-                record(tool, arguments, format!("tool error: {text}")),
-                Some(result),
-            )
+            (record(tool, arguments, format!("tool error: {text}")), Some(result))
         }
         Ok(result) => (record(tool, arguments, "ok".to_owned()), Some(result)),
         Err(error) => (record(tool, arguments, outcome_of(Err(error))), None),
@@ -188,11 +165,7 @@ fn outcome_of(result: Result<(), ServiceError>) -> String {
 
 fn record(tool: &str, arguments: Value, outcome: String) -> ScriptedCall {
     tracing::info!(tool, %outcome, "demo agent call");
-    ScriptedCall {
-        tool: tool.to_owned(),
-        arguments,
-        outcome,
-    }
+    ScriptedCall { tool: tool.to_owned(), arguments, outcome }
 }
 
 fn as_object(value: &Value) -> JsonObject {
@@ -222,18 +195,13 @@ mod tests {
         let server = tokio::spawn(serve_io(reader, writer, Some(log.clone())));
 
         let calls = run_script(agent_io).await.expect("script runs");
-        let summary: Vec<(&str, &str)> = calls
-            .iter()
-            .map(|c| (c.tool.as_str(), c.outcome.as_str()))
-            .collect();
+        let summary: Vec<(&str, &str)> =
+            calls.iter().map(|c| (c.tool.as_str(), c.outcome.as_str())).collect();
         assert_eq!(
             summary,
             [
                 ("lookup_customer", "ok"),
-                (
-                    "lookup_customer",
-                    "tool error: no customer with id `cus_9999`"
-                ),
+                ("lookup_customer", "tool error: no customer with id `cus_9999`"),
                 ("send_email", "ok"),
                 ("issue_refund", "ok"),
                 (

@@ -68,10 +68,7 @@ where
         .serve((reader, writer))
         .await
         .context("customer-ops could not complete the mcp handshake")?;
-    let reason = running
-        .waiting()
-        .await
-        .context("customer-ops service task failed")?;
+    let reason = running.waiting().await.context("customer-ops service task failed")?;
     tracing::debug!(?reason, "customer-ops stopped");
     Ok(())
 }
@@ -160,9 +157,7 @@ impl CallLog {
             .open(&path)
             .await
             .with_context(|| format!("could not open call log {}", path.display()))?;
-        Ok(Self {
-            file: Mutex::new(file),
-        })
+        Ok(Self { file: Mutex::new(file) })
     }
 
     async fn append(&self, tool: &str, arguments: &JsonObject) -> std::io::Result<()> {
@@ -234,11 +229,7 @@ impl CustomerOps {
 
     #[tool(
         description = "Queue an email to a customer. Returns the id of the queued message.",
-        annotations(
-            read_only_hint = false,
-            destructive_hint = false,
-            open_world_hint = true
-        )
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = true)
     )]
     async fn send_email(
         &self,
@@ -268,9 +259,8 @@ impl CustomerOps {
         &self,
         Parameters(args): Parameters<IssueRefundArgs>,
     ) -> Result<String, String> {
-        let customer = self
-            .find(&args.customer_id)
-            .ok_or_else(|| unknown_customer(&args.customer_id))?;
+        let customer =
+            self.find(&args.customer_id).ok_or_else(|| unknown_customer(&args.customer_id))?;
         // Written so that NaN fails too.
         if !(args.amount > 0.0 && args.amount <= MAX_REFUND) {
             return Err(format!(
@@ -280,10 +270,7 @@ impl CustomerOps {
         }
         let currency = args.currency.trim().to_ascii_uppercase();
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_alphabetic()) {
-            return Err(format!(
-                "currency `{}` is not an ISO 4217 code",
-                args.currency
-            ));
+            return Err(format!("currency `{}` is not an ISO 4217 code", args.currency));
         }
         if args.reason.trim().is_empty() {
             return Err("refund reason is empty".to_owned());
@@ -309,10 +296,7 @@ impl CustomerOps {
         let customer = self
             .find(&args.customer_id)
             .ok_or_else(|| McpError::invalid_params(unknown_customer(&args.customer_id), None))?;
-        let issue = args
-            .issue
-            .as_deref()
-            .unwrap_or("a recent problem with their account");
+        let issue = args.issue.as_deref().unwrap_or("a recent problem with their account");
         let text = format!(
             "Write a short, sincere apology email to {name} <{email}> ({plan} plan, account {id}) \
              about {issue}. Do not promise a refund; offer to look into it today.",
@@ -321,10 +305,8 @@ impl CustomerOps {
             plan = customer.plan,
             id = customer.id,
         );
-        Ok(
-            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
-                .with_description(format!("apology to {}", customer.name)),
-        )
+        Ok(GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
+            .with_description(format!("apology to {}", customer.name)))
     }
 }
 
@@ -339,10 +321,7 @@ impl ServerHandler for CustomerOps {
                 .enable_resources()
                 .build(),
         )
-        .with_server_info(Implementation::new(
-            "customer-ops",
-            env!("CARGO_PKG_VERSION"),
-        ))
+        .with_server_info(Implementation::new("customer-ops", env!("CARGO_PKG_VERSION")))
         .with_instructions(INSTRUCTIONS)
     }
 
@@ -357,15 +336,10 @@ impl ServerHandler for CustomerOps {
             let arguments = request.arguments.clone().unwrap_or_default();
             if let Err(error) = log.append(&request.name, &arguments).await {
                 tracing::error!(%error, tool = %request.name, "could not append to the call log");
-                return Err(McpError::internal_error(
-                    "could not append to the call log",
-                    None,
-                ));
+                return Err(McpError::internal_error("could not append to the call log", None));
             }
         }
-        self.tool_router
-            .call(ToolCallContext::new(self, request, context))
-            .await
+        self.tool_router.call(ToolCallContext::new(self, request, context)).await
     }
 
     async fn list_resources(
@@ -433,10 +407,7 @@ mod tests {
     }
 
     async fn call(client: &Client, tool: &str, arguments: Value) -> CallToolResult {
-        let arguments = arguments
-            .as_object()
-            .cloned()
-            .expect("arguments are an object");
+        let arguments = arguments.as_object().cloned().expect("arguments are an object");
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         client.call_tool(params).await.expect("tools/call answered")
     }
@@ -451,11 +422,7 @@ mod tests {
         let info = client.peer_info().expect("server info after handshake");
         let implementation = info.server_info.as_ref().expect("serverInfo");
         assert_eq!(implementation.name, "customer-ops");
-        assert!(
-            info.instructions
-                .as_deref()
-                .is_some_and(|i| i.contains("issue_refund"))
-        );
+        assert!(info.instructions.as_deref().is_some_and(|i| i.contains("issue_refund")));
         assert!(info.capabilities.tools.is_some());
         assert!(info.capabilities.prompts.is_some());
         assert!(info.capabilities.resources.is_some());
@@ -472,10 +439,7 @@ mod tests {
             schema("issue_refund")["required"],
             json!(["customer_id", "amount", "currency", "reason"])
         );
-        let lookup = tools
-            .iter()
-            .find(|t| t.name == "lookup_customer")
-            .expect("lookup");
+        let lookup = tools.iter().find(|t| t.name == "lookup_customer").expect("lookup");
         let output =
             Value::Object((**lookup.output_schema.as_ref().expect("outputSchema")).clone());
         assert!(output["properties"]["email"].is_object());
@@ -484,29 +448,16 @@ mod tests {
     #[tokio::test]
     async fn lookup_returns_structured_record_or_tool_error() {
         let (client, _server) = connect(None).await;
-        let found = call(
-            &client,
-            "lookup_customer",
-            json!({ "customer_id": "cus_1001" }),
-        )
-        .await;
+        let found = call(&client, "lookup_customer", json!({ "customer_id": "cus_1001" })).await;
         assert_eq!(found.is_error, Some(false));
         let record = found.structured_content.clone().expect("structuredContent");
         assert_eq!(record["name"], "Dana Whitfield");
         assert_eq!(record["email"], "dana.whitfield@example.com");
         assert_eq!(record["balance_cents"], 4250);
         // The text block carries the same JSON for clients that ignore structuredContent.
-        assert_eq!(
-            serde_json::from_str::<Value>(text(&found)).expect("json text"),
-            record
-        );
+        assert_eq!(serde_json::from_str::<Value>(text(&found)).expect("json text"), record);
 
-        let missing = call(
-            &client,
-            "lookup_customer",
-            json!({ "customer_id": "cus_9999" }),
-        )
-        .await;
+        let missing = call(&client, "lookup_customer", json!({ "customer_id": "cus_9999" })).await;
         assert_eq!(missing.is_error, Some(true));
         assert_eq!(text(&missing), "no customer with id `cus_9999`");
         assert!(missing.structured_content.is_none());
@@ -518,10 +469,7 @@ mod tests {
         let email = json!({ "to": "dana.whitfield@example.com", "subject": "Hi", "body": "Hello" });
         let sent = call(&client, "send_email", email).await;
         assert_eq!(sent.is_error, Some(false));
-        assert_eq!(
-            text(&sent),
-            "queued message msg_0001 to dana.whitfield@example.com"
-        );
+        assert_eq!(text(&sent), "queued message msg_0001 to dana.whitfield@example.com");
 
         let bad = json!({ "to": "Dana Whitfield", "subject": "Hi", "body": "Hello" });
         let rejected = call(&client, "send_email", bad).await;
@@ -547,26 +495,11 @@ mod tests {
         assert!(text(&at_limit).starts_with("refund re_0002 of 10000.00 EUR"));
 
         for (args, expected) in [
-            (
-                refund("cus_1001", 0.0, "USD"),
-                "refund amount 0 is out of range",
-            ),
-            (
-                refund("cus_1001", -5.0, "USD"),
-                "refund amount -5 is out of range",
-            ),
-            (
-                refund("cus_1001", 10_000.01, "USD"),
-                "refund amount 10000.01 is out of range",
-            ),
-            (
-                refund("cus_4242", 10.0, "USD"),
-                "no customer with id `cus_4242`",
-            ),
-            (
-                refund("cus_1001", 10.0, "dollars"),
-                "currency `dollars` is not an ISO 4217 code",
-            ),
+            (refund("cus_1001", 0.0, "USD"), "refund amount 0 is out of range"),
+            (refund("cus_1001", -5.0, "USD"), "refund amount -5 is out of range"),
+            (refund("cus_1001", 10_000.01, "USD"), "refund amount 10000.01 is out of range"),
+            (refund("cus_4242", 10.0, "USD"), "no customer with id `cus_4242`"),
+            (refund("cus_1001", 10.0, "dollars"), "currency `dollars` is not an ISO 4217 code"),
         ] {
             let result = call(&client, "issue_refund", args).await;
             assert_eq!(result.is_error, Some(true), "{expected}");
@@ -578,18 +511,9 @@ mod tests {
     async fn malformed_arguments_are_a_tool_error_and_unknown_tools_a_protocol_error() {
         let (client, _server) = connect(None).await;
         // rmcp answers a failed argument deserialization in-band (isError), not as -32602.
-        let missing = call(
-            &client,
-            "issue_refund",
-            json!({ "customer_id": "cus_1001" }),
-        )
-        .await;
+        let missing = call(&client, "issue_refund", json!({ "customer_id": "cus_1001" })).await;
         assert_eq!(missing.is_error, Some(true));
-        assert!(
-            text(&missing).contains("missing field"),
-            "{}",
-            text(&missing)
-        );
+        assert!(text(&missing).contains("missing field"), "{}", text(&missing));
 
         let params = CallToolRequestParams::new("delete_customer");
         let error = client.call_tool(params).await.expect_err("unknown tool");
@@ -612,9 +536,7 @@ mod tests {
             .read_resource(ReadResourceRequestParams::new(DIRECTORY_URI))
             .await
             .expect("resources/read");
-        let ResourceContents::TextResourceContents {
-            text, mime_type, ..
-        } = &read.contents[0]
+        let ResourceContents::TextResourceContents { text, mime_type, .. } = &read.contents[0]
         else {
             panic!("expected text contents");
         };
@@ -622,9 +544,8 @@ mod tests {
         let directory: Vec<Value> = serde_json::from_str(text).expect("directory is json");
         assert_eq!(directory.len(), CUSTOMERS.len());
         assert_eq!(directory[3]["name"], "Tomás Ibarra");
-        let unknown = client
-            .read_resource(ReadResourceRequestParams::new("customers://nope"))
-            .await;
+        let unknown =
+            client.read_resource(ReadResourceRequestParams::new("customers://nope")).await;
         assert!(unknown.is_err());
 
         let prompts = client.list_all_prompts().await.expect("prompts/list");
@@ -634,19 +555,11 @@ mod tests {
         let get = GetPromptRequestParams::new("draft_apology")
             .with_arguments(arguments.as_object().cloned().expect("object"));
         let prompt = client.get_prompt(get).await.expect("prompts/get");
-        let message = prompt.messages[0]
-            .content
-            .as_text()
-            .expect("text")
-            .text
-            .clone();
+        let message = prompt.messages[0].content.as_text().expect("text").text.clone();
         assert!(message.contains("Marcus Okafor <marcus.okafor@example.com>"));
         assert!(message.contains("a failed card payment"));
         let unknown = GetPromptRequestParams::new("draft_apology").with_arguments(
-            json!({ "customer_id": "cus_0" })
-                .as_object()
-                .cloned()
-                .expect("object"),
+            json!({ "customer_id": "cus_0" }).as_object().cloned().expect("object"),
         );
         assert!(client.get_prompt(unknown).await.is_err());
     }
@@ -697,9 +610,7 @@ mod tests {
         let (_client_io, server_io) = tokio::io::duplex(1024);
         let (reader, writer) = tokio::io::split(server_io);
         let path = PathBuf::from("/nonexistent-dir/calls.jsonl");
-        let error = serve_io(reader, writer, Some(path))
-            .await
-            .expect_err("must fail");
+        let error = serve_io(reader, writer, Some(path)).await.expect_err("must fail");
         assert!(
             format!("{error:#}").contains("could not open call log /nonexistent-dir/calls.jsonl")
         );

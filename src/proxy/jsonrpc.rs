@@ -96,26 +96,14 @@ mod tests {
     fn kinds_are_told_apart() {
         let request = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#;
         let env = Envelope::parse(request).unwrap();
-        assert!(matches!(
-            env.kind(),
-            Kind::Request {
-                method: "tools/call",
-                ..
-            }
-        ));
+        assert!(matches!(env.kind(), Kind::Request { method: "tools/call", .. }));
         assert_eq!(env.params.unwrap().get(), r#"{"name":"x"}"#);
 
         let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
-        assert!(matches!(
-            Envelope::parse(note).unwrap().kind(),
-            Kind::Notification { .. }
-        ));
+        assert!(matches!(Envelope::parse(note).unwrap().kind(), Kind::Notification { .. }));
 
         let response = br#"{"jsonrpc":"2.0","id":"a","result":{}}"#;
-        assert!(matches!(
-            Envelope::parse(response).unwrap().kind(),
-            Kind::Response { .. }
-        ));
+        assert!(matches!(Envelope::parse(response).unwrap().kind(), Kind::Response { .. }));
 
         let odd = br#"{"jsonrpc":"2.0","id":"a"}"#;
         assert!(matches!(Envelope::parse(odd).unwrap().kind(), Kind::Other));
@@ -126,13 +114,7 @@ mod tests {
     fn escaped_methods_are_read() {
         let request = br#"{"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#;
         let env = Envelope::parse(request).unwrap();
-        assert!(matches!(
-            env.kind(),
-            Kind::Request {
-                method: "tools/call",
-                ..
-            }
-        ));
+        assert!(matches!(env.kind(), Kind::Request { method: "tools/call", .. }));
     }
 
     #[test]

@@ -49,16 +49,10 @@ struct Outcome {
 
 impl Outcome {
     fn forward(bytes: Vec<u8>) -> Self {
-        Outcome {
-            forward: Some(bytes),
-            answer: None,
-        }
+        Outcome { forward: Some(bytes), answer: None }
     }
     fn answer(bytes: Vec<u8>) -> Self {
-        Outcome {
-            forward: None,
-            answer: Some(bytes),
-        }
+        Outcome { forward: None, answer: Some(bytes) }
     }
 }
 
@@ -143,10 +137,7 @@ where
             // Closing its input is how a stdio server learns the session is over; everything the
             // agent sent has been passed on by now.
             let _ = close_upstream.send(());
-            if tokio::time::timeout(grace, &mut from_upstream)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, &mut from_upstream).await.is_err() {
                 tracing::warn!(?grace, "upstream did not close after the agent left");
                 from_upstream.abort();
             }
@@ -187,31 +178,14 @@ where
 /// Records every call still waiting for a response as unanswered, and returns the request ids
 /// of those the agent made.
 async fn settle_open_calls(shared: &Shared, reason: &str) -> Vec<String> {
-    let from_agent: Vec<_> = shared
-        .open_from_agent
-        .lock()
-        .expect("lock")
-        .drain()
-        .collect();
-    let from_server: Vec<_> = shared
-        .open_from_server
-        .lock()
-        .expect("lock")
-        .drain()
-        .collect();
+    let from_agent: Vec<_> = shared.open_from_agent.lock().expect("lock").drain().collect();
+    let from_server: Vec<_> = shared.open_from_server.lock().expect("lock").drain().collect();
     for (_, call) in from_agent.iter().chain(&from_server) {
-        if let Err(error) = shared
-            .recorder
-            .finish(call, Completion::NoResponse { reason })
-            .await
-        {
+        if let Err(error) = shared.recorder.finish(call, Completion::NoResponse { reason }).await {
             tracing::error!(%error, call_id = %call.call_id, "could not record an unanswered call");
         }
     }
-    from_agent
-        .into_iter()
-        .map(|(_, call)| call.request_id().to_owned())
-        .collect()
+    from_agent.into_iter().map(|(_, call)| call.request_id().to_owned()).collect()
 }
 
 /// Writes queued lines to `out`. With `closing`, stops once that fires and the queue is empty.
@@ -295,27 +269,17 @@ async fn pump<R: AsyncBufRead + Unpin + Send + 'static>(
 
 fn plan_line(sender: Direction, shared: &Arc<Shared>, line: Vec<u8>) -> Step {
     if let Some(members) = batch_members(&line) {
-        let plans: Vec<_> = members
-            .iter()
-            .map(|m| plan_message(sender, shared, m.get().as_bytes()))
-            .collect();
+        let plans: Vec<_> =
+            members.iter().map(|m| plan_message(sender, shared, m.get().as_bytes())).collect();
         if plans.iter().all(|p| p.is_none()) {
             return Step::Ready(Outcome::forward(line));
         }
-        let members: Vec<Vec<u8>> = members
-            .iter()
-            .map(|m| m.get().as_bytes().to_vec())
-            .collect();
+        let members: Vec<Vec<u8>> = members.iter().map(|m| m.get().as_bytes().to_vec()).collect();
         return Step::Recording(tokio::spawn(async move {
-            let outcomes = join_all(
-                plans
-                    .into_iter()
-                    .zip(members)
-                    .map(|(plan, raw)| match plan {
-                        Some(plan) => plan,
-                        None => async move { Outcome::forward(raw) }.boxed(),
-                    }),
-            )
+            let outcomes = join_all(plans.into_iter().zip(members).map(|(plan, raw)| match plan {
+                Some(plan) => plan,
+                None => async move { Outcome::forward(raw) }.boxed(),
+            }))
             .await;
             join_batch(outcomes)
         }));
@@ -362,11 +326,7 @@ fn plan_message(
         Kind::Request { id, method } => {
             if sender == Direction::FromAgent && method == "initialize" {
                 let params = parse_value(envelope.params);
-                shared
-                    .initializing
-                    .lock()
-                    .expect("lock")
-                    .insert(id_key(id), params);
+                shared.initializing.lock().expect("lock").insert(id_key(id), params);
                 return None;
             }
             if !shared.recorder.records(sender, method) {
@@ -420,11 +380,7 @@ fn plan_message(
                     ));
                 }
             }
-            let call = shared
-                .open_calls(requester)
-                .lock()
-                .expect("lock")
-                .remove(&key)?;
+            let call = shared.open_calls(requester).lock().expect("lock").remove(&key)?;
             let shared = shared.clone();
             let id = id.to_owned();
             let result = envelope.result.map(|r| parse_value(Some(r)));
@@ -489,6 +445,5 @@ fn record_session_start(
 }
 
 fn parse_value(raw: Option<&RawValue>) -> Value {
-    raw.and_then(|r| serde_json::from_str(r.get()).ok())
-        .unwrap_or(Value::Null)
+    raw.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null)
 }

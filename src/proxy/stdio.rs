@@ -20,10 +20,7 @@ pub enum StdioError {
     )]
     NoCommand,
     #[error("cannot start the upstream server `{program}`: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
 }
 
 /// Starts `command` (program and arguments) as the upstream server with piped stdin/stdout.
@@ -38,10 +35,7 @@ pub fn spawn_upstream(command: &[String]) -> Result<Child, StdioError> {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| StdioError::Spawn {
-            program: program.clone(),
-            source,
-        })
+        .map_err(|source| StdioError::Spawn { program: program.clone(), source })
 }
 
 /// Relays this process's stdin/stdout to the upstream `child` until either side closes, then
@@ -72,15 +66,10 @@ pub async fn serve_stdio(recorder: SessionRecorder, mut child: Child) -> RelayEn
 /// A server name from the command, for when `--server` is not given: the package or script a
 /// launcher (npx, uvx, node, python, …) runs, or else the program's file name.
 pub fn server_name_from_command(command: &[String]) -> String {
-    const LAUNCHERS: &[&str] = &[
-        "npx", "uvx", "uv", "node", "python", "python3", "deno", "bunx", "docker",
-    ];
+    const LAUNCHERS: &[&str] =
+        &["npx", "uvx", "uv", "node", "python", "python3", "deno", "bunx", "docker"];
     let base = |s: &str| {
-        std::path::Path::new(s)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(s)
-            .to_owned()
+        std::path::Path::new(s).file_name().and_then(|n| n.to_str()).unwrap_or(s).to_owned()
     };
     let Some((program, args)) = command.split_first() else {
         return "upstream".into();
@@ -90,12 +79,7 @@ pub fn server_name_from_command(command: &[String]) -> String {
         && let Some(target) = args.iter().find(|a| !a.starts_with('-') && *a != "run")
     {
         let target = target.rsplit('/').next().unwrap_or(target);
-        return target
-            .split('@')
-            .next()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(target)
-            .to_owned();
+        return target.split('@').next().filter(|s| !s.is_empty()).unwrap_or(target).to_owned();
     }
     program
 }
@@ -116,10 +100,7 @@ mod tests {
             "@modelcontextprotocol/server-everything",
         ]));
         assert_eq!(name, "server-everything");
-        assert_eq!(
-            server_name_from_command(&cmd(&["/usr/bin/my-server", "--x"])),
-            "my-server"
-        );
+        assert_eq!(server_name_from_command(&cmd(&["/usr/bin/my-server", "--x"])), "my-server");
         assert_eq!(
             server_name_from_command(&cmd(&["uvx", "mcp-server-git@1.0"])),
             "mcp-server-git"

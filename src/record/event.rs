@@ -157,9 +157,7 @@ pub fn format_timestamp(at: OffsetDateTime) -> String {
     // Truncate to microseconds: Postgres and most languages keep no more.
     let micros = at.microsecond();
     let whole = at.replace_nanosecond(0).expect("zero nanoseconds is valid");
-    let base = whole
-        .format(&Rfc3339)
-        .expect("a UTC timestamp always formats");
+    let base = whole.format(&Rfc3339).expect("a UTC timestamp always formats");
     // `base` ends in "Z" with no fraction because nanoseconds are zero.
     format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
 }

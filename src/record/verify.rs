@@ -20,38 +20,16 @@ const REORDER_SEARCH_RADIUS: i64 = 64;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// The stored hash does not match the event's fields: the row was edited after it was written.
-    Modified {
-        chain_id: String,
-        seq: i64,
-        event_id: String,
-    },
+    Modified { chain_id: String, seq: i64, event_id: String },
     /// The row hashes correctly, but only at another position: rows were swapped or renumbered.
-    OutOfOrder {
-        chain_id: String,
-        seq: i64,
-        event_id: String,
-        written_at_seq: i64,
-    },
+    OutOfOrder { chain_id: String, seq: i64, event_id: String, written_at_seq: i64 },
     /// Sequence numbers are missing: events were deleted.
-    Missing {
-        chain_id: String,
-        from_seq: i64,
-        to_seq: i64,
-        next_event_id: String,
-    },
+    Missing { chain_id: String, from_seq: i64, to_seq: i64, next_event_id: String },
     /// A second row claims a sequence number that already has one.
-    Inserted {
-        chain_id: String,
-        seq: i64,
-        event_id: String,
-    },
+    Inserted { chain_id: String, seq: i64, event_id: String },
     /// The row hashes correctly but does not link to the row before it: the row before was
     /// rewritten with a recomputed hash, or this one was forged into the chain.
-    BrokenLink {
-        chain_id: String,
-        seq: i64,
-        event_id: String,
-    },
+    BrokenLink { chain_id: String, seq: i64, event_id: String },
 }
 
 impl Finding {
@@ -69,55 +47,30 @@ impl Finding {
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Finding::Modified {
-                chain_id,
-                seq,
-                event_id,
-            } => write!(
+            Finding::Modified { chain_id, seq, event_id } => write!(
                 f,
                 "modified: event {event_id} (chain {chain_id}, seq {seq}) does not match its hash; \
                  its contents were changed after it was recorded"
             ),
-            Finding::OutOfOrder {
-                chain_id,
-                seq,
-                event_id,
-                written_at_seq,
-            } => write!(
+            Finding::OutOfOrder { chain_id, seq, event_id, written_at_seq } => write!(
                 f,
                 "out of order: event {event_id} (chain {chain_id}) stands at seq {seq} but was \
                  recorded at seq {written_at_seq}"
             ),
-            Finding::Missing {
-                chain_id,
-                from_seq,
-                to_seq,
-                next_event_id,
-            } => {
+            Finding::Missing { chain_id, from_seq, to_seq, next_event_id } => {
                 if from_seq == to_seq {
                     write!(f, "missing: seq {from_seq} of chain {chain_id} is gone")?;
                 } else {
-                    write!(
-                        f,
-                        "missing: seqs {from_seq}..={to_seq} of chain {chain_id} are gone"
-                    )?;
+                    write!(f, "missing: seqs {from_seq}..={to_seq} of chain {chain_id} are gone")?;
                 }
                 write!(f, " (the next event present is {next_event_id})")
             }
-            Finding::Inserted {
-                chain_id,
-                seq,
-                event_id,
-            } => write!(
+            Finding::Inserted { chain_id, seq, event_id } => write!(
                 f,
                 "inserted: event {event_id} claims seq {seq} of chain {chain_id}, which another event \
                  already holds"
             ),
-            Finding::BrokenLink {
-                chain_id,
-                seq,
-                event_id,
-            } => write!(
+            Finding::BrokenLink { chain_id, seq, event_id } => write!(
                 f,
                 "broken link: event {event_id} (chain {chain_id}, seq {seq}) does not point to the \
                  event before it; seq {} was rewritten or this event was forged",
@@ -176,11 +129,7 @@ impl Verifier {
 
     pub fn push(&mut self, event: &Event) {
         self.report.events += 1;
-        if self
-            .current
-            .as_ref()
-            .is_none_or(|c| c.chain_id != event.chain_id)
-        {
+        if self.current.as_ref().is_none_or(|c| c.chain_id != event.chain_id) {
             self.close_chain();
             self.current = Some(ChainState {
                 chain_id: event.chain_id.clone(),
@@ -364,13 +313,7 @@ mod tests {
         events.swap(2, 3);
         let report = verify_all(&events);
         assert_eq!(kinds(&report), [("out_of_order", 3), ("out_of_order", 4)]);
-        assert!(matches!(
-            report.findings[0],
-            Finding::OutOfOrder {
-                written_at_seq: 4,
-                ..
-            }
-        ));
+        assert!(matches!(report.findings[0], Finding::OutOfOrder { written_at_seq: 4, .. }));
     }
 
     #[test]

@@ -28,10 +28,7 @@ pub enum StoreError {
     #[error("unsupported ledger url `{0}`: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("cannot create the ledger directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("ledger database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("ledger migration failed: {0}")]
@@ -61,10 +58,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            lock_timeout: Duration::from_secs(5),
-            migrate: true,
-        }
+        StoreOptions { lock_timeout: Duration::from_secs(5), migrate: true }
     }
 }
 
@@ -174,12 +168,8 @@ pub async fn open(url: &LedgerUrl, options: &StoreOptions) -> Result<Arc<dyn Sto
 
 fn ensure_parent_dir(path: &Path) -> Result<(), StoreError> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })
-        }
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source }),
         _ => Ok(()),
     }
 }
@@ -218,10 +208,7 @@ mod tests {
             LedgerUrl::parse("sqlite:l.db?mode=rwc").unwrap(),
             LedgerUrl::Sqlite("l.db".into())
         );
-        assert!(matches!(
-            LedgerUrl::parse("postgresql://u@h/db").unwrap(),
-            LedgerUrl::Postgres(_)
-        ));
+        assert!(matches!(LedgerUrl::parse("postgresql://u@h/db").unwrap(), LedgerUrl::Postgres(_)));
         let err = LedgerUrl::parse("mysql://x").unwrap_err();
         assert!(err.to_string().contains("mysql://x"), "{err}");
         assert!(LedgerUrl::parse("sqlite://").is_err());
@@ -229,10 +216,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_for_display() {
-        assert_eq!(
-            redact_password("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact_password("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

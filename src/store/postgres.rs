@@ -34,10 +34,7 @@ impl PostgresStore {
             .application_name("mcp-ledger")
             // A lock or statement that waits longer than this fails the append, and the call it
             // records fails closed instead of hanging the agent.
-            .options([
-                ("lock_timeout", timeout_ms.as_str()),
-                ("statement_timeout", &timeout_ms),
-            ]);
+            .options([("lock_timeout", timeout_ms.as_str()), ("statement_timeout", &timeout_ms)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(options.lock_timeout)
@@ -86,11 +83,7 @@ fn is_permission_denied(error: &sqlx::Error) -> bool {
 /// advisory locks in the same database do not collide with ours.
 fn chain_lock_key(chain_id: &str) -> i64 {
     let digest = Sha256::digest(format!("mcp-ledger/chain/{chain_id}"));
-    i64::from_be_bytes(
-        digest[..8]
-            .try_into()
-            .expect("a SHA-256 digest has 8 bytes"),
-    )
+    i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
 }
 
 fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
@@ -152,9 +145,7 @@ impl Store for PostgresStore {
             let mut insert =
                 QueryBuilder::new("INSERT INTO mcp_ledger.payloads (reference, body, size) ");
             insert.push_values(&payloads, |mut row, p| {
-                row.push_bind(&p.reference)
-                    .push_bind(&p.body)
-                    .push_bind(p.size() as i64);
+                row.push_bind(&p.reference).push_bind(&p.body).push_bind(p.size() as i64);
             });
             insert.push(" ON CONFLICT (reference) DO NOTHING");
             insert.build().execute(&mut *tx).await?;
@@ -189,12 +180,10 @@ impl Store for PostgresStore {
     }
 
     async fn payload(&self, reference: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT body FROM mcp_ledger.payloads WHERE reference = $1")
-                .bind(reference)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT body FROM mcp_ledger.payloads WHERE reference = $1")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

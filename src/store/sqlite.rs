@@ -56,10 +56,8 @@ impl SqliteStore {
 fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
     let event_id: String = row.try_get("event_id")?;
     let data: String = row.try_get("data")?;
-    let data = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
-        event_id: event_id.clone(),
-        reason: e.to_string(),
-    })?;
+    let data = serde_json::from_str(&data)
+        .map_err(|e| StoreError::Corrupt { event_id: event_id.clone(), reason: e.to_string() })?;
     Ok(Event {
         chain_id: row.try_get("chain_id")?,
         seq: row.try_get("seq")?,
@@ -150,12 +148,10 @@ impl Store for SqliteStore {
     }
 
     async fn payload(&self, reference: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT body FROM payloads WHERE reference = ?")
-                .bind(reference)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT body FROM payloads WHERE reference = ?")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -199,9 +195,7 @@ impl SqliteStore {
         data: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DROP TRIGGER IF EXISTS events_refuse_update")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DROP TRIGGER IF EXISTS events_refuse_update").execute(&mut *tx).await?;
         sqlx::query("UPDATE events SET data = ? WHERE event_id = ?")
             .bind(data.to_string())
             .bind(event_id)

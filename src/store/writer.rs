@@ -55,10 +55,7 @@ impl Ledger {
     /// Appends `draft` and returns the event once it is durably committed.
     pub async fn append(&self, draft: Draft) -> Result<Event, AppendError> {
         let (committed, wait) = oneshot::channel();
-        self.jobs
-            .send(Job { draft, committed })
-            .await
-            .map_err(|_| AppendError::Stopped)?;
+        self.jobs.send(Job { draft, committed }).await.map_err(|_| AppendError::Stopped)?;
         wait.await.map_err(|_| AppendError::Stopped)?
     }
 }
@@ -71,10 +68,8 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (drafts, waiters): (Vec<Draft>, Vec<_>) = batch
-            .drain(..)
-            .map(|job| (job.draft, job.committed))
-            .unzip();
+        let (drafts, waiters): (Vec<Draft>, Vec<_>) =
+            batch.drain(..).map(|job| (job.draft, job.committed)).unzip();
         let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
             .await
             .unwrap_or(Err(StoreError::Timeout(commit_timeout)));

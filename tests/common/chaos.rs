@@ -17,9 +17,7 @@ pub struct ChaosProxy {
 
 impl ChaosProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind chaos proxy");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind chaos proxy");
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let (cut_signal, _) = watch::channel(false);
@@ -43,11 +41,7 @@ impl ChaosProxy {
                 });
             }
         });
-        ChaosProxy {
-            addr,
-            cut,
-            cut_signal,
-        }
+        ChaosProxy { addr, cut, cut_signal }
     }
 
     /// Drops every open connection and refuses new ones.

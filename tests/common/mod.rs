@@ -41,10 +41,7 @@ impl TestLedger {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("ledger.db");
-        TestLedger {
-            url: LedgerUrl::Sqlite(path),
-            guard: Guard::Sqlite(dir),
-        }
+        TestLedger { url: LedgerUrl::Sqlite(path), guard: Guard::Sqlite(dir) }
     }
 
     /// A fresh Postgres database, or `None` (with a note on stderr) when Postgres is unavailable
@@ -97,9 +94,7 @@ impl TestLedger {
     }
 
     pub async fn open(&self) -> Arc<dyn Store> {
-        store::open(&self.url, &StoreOptions::default())
-            .await
-            .expect("open test ledger")
+        store::open(&self.url, &StoreOptions::default()).await.expect("open test ledger")
     }
 
     /// Runs raw SQL against the ledger as its owner (a superuser in Postgres): what an attacker
@@ -107,10 +102,8 @@ impl TestLedger {
     pub async fn exec_as_owner(&self, sql: &str) -> Result<(), sqlx::Error> {
         match &self.url {
             LedgerUrl::Sqlite(path) => {
-                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(path)
-                    .connect()
-                    .await?;
+                let mut conn =
+                    sqlx::sqlite::SqliteConnectOptions::new().filename(path).connect().await?;
                 sqlx::raw_sql(sql).execute(&mut conn).await?;
             }
             LedgerUrl::Postgres(url) => {
@@ -123,11 +116,7 @@ impl TestLedger {
 
     /// The table name to use in raw SQL.
     pub fn events_table(&self) -> &'static str {
-        if self.is_postgres() {
-            "mcp_ledger.events"
-        } else {
-            "events"
-        }
+        if self.is_postgres() { "mcp_ledger.events" } else { "events" }
     }
 }
 
@@ -144,15 +133,11 @@ impl Drop for TestLedger {
             let (admin, database) = (admin.clone(), database.clone());
             // Drop runs inside the test's runtime, which cannot block on itself.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 if let Ok(runtime) = runtime {
                     runtime.block_on(async {
-                        if let Ok(mut conn) = PgConnectOptions::from_str(&admin)
-                            .expect("parses")
-                            .connect()
-                            .await
+                        if let Ok(mut conn) =
+                            PgConnectOptions::from_str(&admin).expect("parses").connect().await
                         {
                             let _ = sqlx::query(&format!(
                                 "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
@@ -170,10 +155,7 @@ impl Drop for TestLedger {
 
 /// Runs `mcp-ledger` with `args` and returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run mcp-ledger");
+    let output = std::process::Command::new(BIN).args(args).output().expect("run mcp-ledger");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

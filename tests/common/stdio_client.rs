@@ -29,12 +29,7 @@ impl LineClient {
             .expect("spawn the process under test");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-        LineClient {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        }
+        LineClient { child, stdin, stdout, next_id: 1 }
     }
 
     pub async fn send_line(&mut self, line: &str) {
@@ -69,10 +64,7 @@ impl LineClient {
     pub fn request_message(&mut self, method: &str, params: Value) -> (i64, Value) {
         let id = self.next_id;
         self.next_id += 1;
-        (
-            id,
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
-        )
+        (id, json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
     }
 
     /// Sends a request and returns its response, skipping notifications in between.
@@ -99,14 +91,12 @@ impl LineClient {
                 }),
             )
             .await;
-        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
         reply
     }
 
     pub async fn call_tool(&mut self, name: &str, arguments: Value) -> Value {
-        self.request("tools/call", json!({"name": name, "arguments": arguments}))
-            .await
+        self.request("tools/call", json!({"name": name, "arguments": arguments})).await
     }
 
     /// Closes stdin and waits for the process to exit.
@@ -125,19 +115,11 @@ pub fn proxy_args(
     agent: &str,
     call_log: Option<&std::path::Path>,
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "stdio",
-        "--ledger",
-        ledger_url,
-        "--agent",
-        agent,
-        "--server",
-        "customer-ops",
-        "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> =
+        ["stdio", "--ledger", ledger_url, "--agent", agent, "--server", "customer-ops", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.push(super::BIN.to_owned());
     args.push("demo-server".to_owned());
     if let Some(log) = call_log {

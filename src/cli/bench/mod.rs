@@ -163,11 +163,7 @@ async fn bench(
             (_, Some(direct)) => Some(summary.added_to(direct)),
             (_, None) => None,
         };
-        modes.push(ModeRow {
-            mode: mode.label(),
-            summary,
-            added,
-        });
+        modes.push(ModeRow { mode: mode.label(), summary, added });
         if let Some(url) = ledger {
             ledgers.push(check_ledger(mode, &url, calls_made).await?);
         }
@@ -193,10 +189,7 @@ async fn check_ledger(
     url: &LedgerUrl,
     calls_made: usize,
 ) -> anyhow::Result<LedgerCheck> {
-    let options = StoreOptions {
-        migrate: false,
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions { migrate: false, ..StoreOptions::default() };
     let store = store::open(url, &options)
         .await
         .with_context(|| format!("cannot open the {} ledger {url}", mode.label()))?;

@@ -92,10 +92,7 @@ impl Report {
             report: &'a Report,
             target: Target,
         }
-        serde_json::to_string_pretty(&WithTarget {
-            report: self,
-            target: self.target(),
-        })
+        serde_json::to_string_pretty(&WithTarget { report: self, target: self.target() })
     }
 
     pub fn print_text(&self) {
@@ -122,11 +119,7 @@ impl Report {
                 self.calls,
                 self.warmup,
                 ledger.other_events,
-                if ledger.intact {
-                    "chain verified intact"
-                } else {
-                    "CHAIN DOES NOT VERIFY"
-                },
+                if ledger.intact { "chain verified intact" } else { "CHAIN DOES NOT VERIFY" },
                 if ledger.complete() {
                     String::new()
                 } else {
@@ -142,11 +135,7 @@ impl Report {
         match target.postgres_p50_added_ms {
             Some(added) => println!(
                 "\npostgres p50 added {added:.3} ms: {} the {TARGET_P50_ADDED_MS} ms target",
-                if added <= TARGET_P50_ADDED_MS {
-                    "within"
-                } else {
-                    "OVER"
-                }
+                if added <= TARGET_P50_ADDED_MS { "within" } else { "OVER" }
             ),
             None => println!(
                 "\npostgres was not measured, so the {TARGET_P50_ADDED_MS} ms p50 target was not \

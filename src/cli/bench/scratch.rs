@@ -27,10 +27,7 @@ impl ScratchDatabase {
     /// Connects with `admin_url` and creates an empty database with a random name.
     pub async fn create(admin_url: &str) -> anyhow::Result<ScratchDatabase> {
         let mut admin = connect(admin_url).await?;
-        let name = format!(
-            "mcp_ledger_bench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let name = format!("mcp_ledger_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         admin
             .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
             .await
@@ -70,9 +67,8 @@ async fn connect(url: &str) -> anyhow::Result<PgConnection> {
 async fn describe_server(conn: &mut PgConnection) -> String {
     let mut parts = Vec::new();
     for setting in ["server_version", "synchronous_commit", "fsync"] {
-        let value: Result<String, _> = sqlx::query_scalar(&format!("SHOW {setting}"))
-            .fetch_one(&mut *conn)
-            .await;
+        let value: Result<String, _> =
+            sqlx::query_scalar(&format!("SHOW {setting}")).fetch_one(&mut *conn).await;
         if let Ok(value) = value {
             parts.push(match setting {
                 // `15.4 (Debian 15.4-1)`: the distribution's suffix is noise here.
@@ -96,9 +92,7 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
         Some((before, query)) => (before, Some(query)),
         None => (rest, None),
     };
-    let authority = before_query
-        .split_once('/')
-        .map_or(before_query, |(authority, _)| authority);
+    let authority = before_query.split_once('/').map_or(before_query, |(authority, _)| authority);
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     Ok(format!("{scheme}://{authority}/{database}{query}"))
 }
@@ -110,19 +104,10 @@ mod tests {
     #[test]
     fn replaces_the_database_and_keeps_everything_else() {
         let cases = [
-            (
-                "postgres://postgres@127.0.0.1:5432/postgres",
-                "postgres://postgres@127.0.0.1:5432/b",
-            ),
-            (
-                "postgres://u:p@h/db?sslmode=disable",
-                "postgres://u:p@h/b?sslmode=disable",
-            ),
+            ("postgres://postgres@127.0.0.1:5432/postgres", "postgres://postgres@127.0.0.1:5432/b"),
+            ("postgres://u:p@h/db?sslmode=disable", "postgres://u:p@h/b?sslmode=disable"),
             ("postgresql://u@h:5432", "postgresql://u@h:5432/b"),
-            (
-                "postgres://u@h?application_name=x",
-                "postgres://u@h/b?application_name=x",
-            ),
+            ("postgres://u@h?application_name=x", "postgres://u@h/b?application_name=x"),
         ];
         for (admin, expected) in cases {
             assert_eq!(with_database(admin, "b").expect(admin), expected);
@@ -132,9 +117,6 @@ mod tests {
     #[test]
     fn a_url_without_a_scheme_is_an_error_naming_it() {
         let error = with_database("127.0.0.1:5432", "b").expect_err("no scheme");
-        assert!(
-            format!("{error:#}").contains("not a postgres url: 127.0.0.1:5432"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("not a postgres url: 127.0.0.1:5432"), "{error:#}");
     }
 }

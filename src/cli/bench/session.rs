@@ -148,10 +148,8 @@ async fn call_once(peer: &Peer<RoleClient>, n: usize) -> anyhow::Result<Duration
     arguments.insert("customer_id".into(), json!(customer));
     let params = CallToolRequestParams::new(TOOL).with_arguments(arguments);
     let started = Instant::now();
-    let result = peer
-        .call_tool(params)
-        .await
-        .with_context(|| format!("{TOOL} {customer} failed"))?;
+    let result =
+        peer.call_tool(params).await.with_context(|| format!("{TOOL} {customer} failed"))?;
     let elapsed = started.elapsed();
     if result.is_error == Some(true) {
         anyhow::bail!("{TOOL} {customer} returned a tool error");

@@ -30,16 +30,8 @@ impl Summary {
     pub fn of(latencies: &[Duration], busy: Duration) -> Summary {
         let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
-        let mean_ms = if ms.is_empty() {
-            0.0
-        } else {
-            ms.iter().sum::<f64>() / ms.len() as f64
-        };
-        let calls_per_s = if busy.is_zero() {
-            0.0
-        } else {
-            ms.len() as f64 / busy.as_secs_f64()
-        };
+        let mean_ms = if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 };
+        let calls_per_s = if busy.is_zero() { 0.0 } else { ms.len() as f64 / busy.as_secs_f64() };
         Summary {
             calls: ms.len(),
             p50_ms: percentile(&ms, 0.50),
@@ -54,11 +46,7 @@ impl Summary {
         Added {
             added_p50_ms: self.p50_ms - direct.p50_ms,
             added_p99_ms: self.p99_ms - direct.p99_ms,
-            ratio_p50: if direct.p50_ms > 0.0 {
-                self.p50_ms / direct.p50_ms
-            } else {
-                f64::NAN
-            },
+            ratio_p50: if direct.p50_ms > 0.0 { self.p50_ms / direct.p50_ms } else { f64::NAN },
         }
     }
 }
