@@ -111,7 +111,6 @@ async fn everything_server_is_unchanged_and_fully_recorded_through_the_proxy() {
     let direct = run_script("direct", direct).await;
     let proxied = run_script("proxied", proxied).await;
 
-    if std::env::var_os("E2E_DUMP").is_some() { for (k, v) in &proxied.transcript { eprintln!("{k}: {v}"); } for m in &proxied.from_server { eprintln!("<< {m}"); } for m in &proxied.to_server { eprintln!(">> {m}"); } }
     let mut checks = Checks::default();
     compare_runs(&direct, &proxied, &mut checks);
     check_ledger(&ledger, &proxied, &mut checks).await;
@@ -140,9 +139,7 @@ fn arguments_for(tool: &rmcp::model::Tool) -> Value {
             "data": "data:text/plain;base64,aGVsbG8gZnJvbSB0aGUgbWNwLWxlZGdlciBlMmUgdGVzdAo=",
             "outputType": "resource",
         }),
-        "trigger-long-running-operation" => {
-            json!({ "duration": 0.1 * PROGRESS_STEPS as f64, "steps": PROGRESS_STEPS })
-        }
+        "trigger-long-running-operation" => json!({ "duration": 0.3, "steps": PROGRESS_STEPS }),
         "trigger-sampling-request" => {
             json!({ "prompt": "What does a hash chain prove?", "maxTokens": 64 })
         }
@@ -354,7 +351,11 @@ async fn run_script(label: &'static str, command: Command) -> Run {
                     && m["params"]["progressToken"] == exchange.progress_token
             })
             .collect();
-        transcript.push((format!("tools/call #{n} {tool}"), exchange.response.clone()));
+        let mut response = exchange.response.clone();
+        if tool == "get-env" {
+            summarise_environment(&mut response);
+        }
+        transcript.push((format!("tools/call #{n} {tool}"), response));
         transcript.push((
             format!("tools/call #{n} {tool} progress notifications"),
             Value::Array(progress),
@@ -362,9 +363,10 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         calls.push(exchange);
     }
 
-    // The requests the server made of the client, without their JSON-RPC ids (the server
-    // numbers them in the order it sends them, and the roots sync races the first tool calls),
-    // sorted for the same reason.
+    // The requests the server made of the client, as a set: without their JSON-RPC ids (the
+    // server numbers them in the order it sends them), sorted and without repeats, because the
+    // server's roots sync runs on a 350 ms timer that races the tool calls: when it is still
+    // waiting for the answer as `get-roots-list` runs, the tool asks for the roots once more.
     let mut server_requests: Vec<Value> = session
         .wire
         .from_server()
@@ -373,6 +375,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         .map(|m| json!({ "method": m["method"], "params": m["params"] }))
         .collect();
     server_requests.sort_by_key(Value::to_string);
+    server_requests.dedup();
     transcript.push(("requests from the server".to_owned(), Value::Array(server_requests)));
 
     let run = session.finish().await;
@@ -413,7 +416,7 @@ fn response_of(message: &Value) -> Value {
 ///
 /// Nothing else is normalised: the rest of what this server returns is a function of what it
 /// was sent (random ids were avoided by passing explicit ones, and both children get the same
-/// environment, so `get-env` is compared whole).
+/// environment, so `get-env` is compared whole: see [`summarise_environment`]).
 fn normalise(value: &mut Value) {
     match value {
         Value::String(text) => {
@@ -441,6 +444,23 @@ fn normalise(value: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// `get-env` returns the server's whole environment, which is the same both ways (the proxy's
+/// child inherits what the test gave the proxy), so it is compared exactly, but through its
+/// digest: a failure message must not print the machine's environment, which may hold secrets.
+/// The marker variable's value is kept, to show the environment did reach the server.
+fn summarise_environment(response: &mut Value) {
+    let text = &mut response["result"]["content"][0]["text"];
+    let environment: serde_json::Map<String, Value> =
+        serde_json::from_str(text.as_str().expect("get-env returns its environment as text"))
+            .expect("get-env's text is a JSON object");
+    let digest = mcp_ledger::record::sha256_hex(text.as_str().unwrap_or_default().as_bytes());
+    *text = json!({
+        "variables": environment.len(),
+        ENV_MARKER.0: environment.get(ENV_MARKER.0),
+        "sha256": digest,
+    });
 }
 
 fn is_uuid(text: &str) -> bool {
@@ -531,6 +551,7 @@ fn compare_runs(direct: &Run, proxied: &Run, checks: &mut Checks) {
             .map(response_of)
             .collect();
         answers.sort_by_key(Value::to_string);
+        answers.dedup();
         Value::Array(answers)
     };
     checks.json_eq("the client's answers to the server", &answers(direct), &answers(proxied));
