@@ -93,6 +93,7 @@ pub struct SessionRecorder {
     ledger: Ledger,
     identity: SessionIdentity,
     recorded: std::sync::Arc<RecordedMethods>,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OpenCall {
@@ -104,7 +105,12 @@ impl OpenCall {
 
 impl SessionRecorder {
     pub fn new(ledger: Ledger, identity: SessionIdentity, recorded: RecordedMethods) -> Self {
-        SessionRecorder { ledger, identity, recorded: std::sync::Arc::new(recorded) }
+        SessionRecorder {
+            ledger,
+            identity,
+            recorded: std::sync::Arc::new(recorded),
+            started: Default::default(),
+        }
     }
 
     pub fn identity(&self) -> &SessionIdentity {
@@ -129,23 +135,33 @@ impl SessionRecorder {
         draft
     }
 
-    /// Records `session_start` once the upstream has answered `initialize`.
+    /// Whether `method` opens a session: `initialize`, or `server/discover` for clients of the
+    /// stateless revision (2026-07-28), which has no handshake.
+    pub fn is_handshake(method: &str) -> bool {
+        method == "initialize" || method == "server/discover"
+    }
+
+    /// Records `session_start` from a handshake request and the upstream's answer. Only the
+    /// first handshake of a session is recorded: stateless clients may discover repeatedly.
     pub async fn session_started(
         &self,
-        initialize_params: &Value,
-        initialize_result: &Value,
+        method: &str,
+        params: &Value,
+        result: &Value,
     ) -> Result<(), RecordError> {
-        let data = json!({
-            "transport": self.identity.transport,
-            "upstream": self.identity.upstream,
-            "client_info": initialize_params.get("clientInfo"),
-            "client_capabilities": initialize_params.get("capabilities"),
-            "requested_protocol_version": initialize_params.get("protocolVersion"),
-            "protocol_version": initialize_result.get("protocolVersion"),
-            "server_info": initialize_result.get("serverInfo"),
-            "server_capabilities": initialize_result.get("capabilities"),
-        });
-        self.ledger.append(self.draft(EventType::SessionStart, data)).await?;
+        if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut data = handshake_summary(method, params, result);
+        let fields = data.as_object_mut().expect("built as an object");
+        fields.insert("transport".into(), json!(self.identity.transport));
+        fields.insert("upstream".into(), json!(self.identity.upstream));
+        let appended = self.ledger.append(self.draft(EventType::SessionStart, data)).await;
+        if appended.is_err() {
+            // Not recorded, so a later handshake may try again.
+            self.started.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        appended?;
         Ok(())
     }
 
@@ -258,6 +274,33 @@ impl SessionRecorder {
     }
 }
 
+/// What `session_start` says about the two peers, from either handshake.
+fn handshake_summary(method: &str, params: &Value, result: &Value) -> Value {
+    if method == "server/discover" {
+        // The stateless revision carries the client's side in the request's `_meta`, and the
+        // server's identity in the result's `_meta`.
+        let meta = |v: &Value, key: &str| v.get("_meta").and_then(|m| m.get(key)).cloned();
+        let requested = meta(params, "io.modelcontextprotocol/protocolVersion");
+        return json!({
+            "client_info": meta(params, "io.modelcontextprotocol/clientInfo"),
+            "client_capabilities": meta(params, "io.modelcontextprotocol/clientCapabilities"),
+            "requested_protocol_version": requested,
+            "protocol_version": requested,
+            "server_info": meta(result, "io.modelcontextprotocol/serverInfo")
+                .or_else(|| result.get("serverInfo").cloned()),
+            "server_capabilities": result.get("capabilities"),
+        });
+    }
+    json!({
+        "client_info": params.get("clientInfo"),
+        "client_capabilities": params.get("capabilities"),
+        "requested_protocol_version": params.get("protocolVersion"),
+        "protocol_version": result.get("protocolVersion"),
+        "server_info": result.get("serverInfo"),
+        "server_capabilities": result.get("capabilities"),
+    })
+}
+
 /// `code N: message`, bounded and free of NUL characters (which Postgres cannot store in JSON),
 /// for the provenance view's `error` column. The whole error object is in the output payload.
 fn summarize_error(error: &Value) -> String {
@@ -275,6 +318,33 @@ fn summarize_error(error: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshakes_of_both_eras_are_summarised() {
+        let legacy = handshake_summary(
+            "initialize",
+            &json!({"protocolVersion": "2025-11-25", "clientInfo": {"name": "c"}, "capabilities": {}}),
+            &json!({"protocolVersion": "2025-06-18", "serverInfo": {"name": "s"}, "capabilities": {"tools": {}}}),
+        );
+        assert_eq!(legacy["requested_protocol_version"], "2025-11-25");
+        assert_eq!(legacy["protocol_version"], "2025-06-18");
+        assert_eq!(legacy["server_info"]["name"], "s");
+
+        let stateless = handshake_summary(
+            "server/discover",
+            &json!({"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "c"},
+                "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}
+            }}),
+            &json!({"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                    "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "s"}}}),
+        );
+        assert_eq!(stateless["client_info"]["name"], "c");
+        assert_eq!(stateless["protocol_version"], "2026-07-28");
+        assert_eq!(stateless["server_info"]["name"], "s");
+        assert_eq!(stateless["client_capabilities"], json!({"sampling": {}}));
+    }
 
     #[test]
     fn error_summaries_are_bounded_and_storable() {

@@ -1,18 +1,32 @@
-use std::process::ExitCode;
+use std::io::Write;
 
 use clap::Parser;
 use mcp_ledger::cli::{Cli, exit};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
             // clap exits 2 on a usage error, but 2 means "could not check" for `verify`.
-            return ExitCode::from(if error.use_stderr() { exit::USAGE } else { exit::OK });
+            std::process::exit(if error.use_stderr() {
+                exit::USAGE.into()
+            } else {
+                exit::OK.into()
+            });
         }
     };
     mcp_ledger::cli::init_logging();
-    mcp_ledger::cli::run(cli).await
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mcp-ledger: cannot start the async runtime: {error}");
+            std::process::exit(exit::FAILURE.into());
+        }
+    };
+    let code = runtime.block_on(mcp_ledger::cli::run(cli));
+    let _ = std::io::stdout().flush();
+    // Exit without waiting for the runtime's blocking threads: a read of the agent's stdin may
+    // still be parked there after the upstream went away, and would hold the process open.
+    std::process::exit(code.into());
 }

@@ -236,7 +236,7 @@ struct Run {
 /// One request and the raw response the client read for it.
 struct Exchange {
     method: String,
-    /// The request's `params` as sent (before rmcp added `_meta`).
+    /// The request's `params` as sent (with the `_meta` rmcp adds: the ledger records it too).
     params: Value,
     /// The JSON-RPC id as it appeared on the wire.
     id: Value,
@@ -258,7 +258,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     // The initialize response, as the client read it.
     let initialize = session
         .wire
-        .from_server()
+        .read_messages()
         .into_iter()
         .find(|m| m["result"].get("serverInfo").is_some())
         .expect("an initialize response");
@@ -344,7 +344,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
         let exchange = session.request("tools/call", CallToolRequest::new(params).into()).await;
         let progress: Vec<Value> = session
             .wire
-            .from_server()
+            .read_messages()
             .into_iter()
             .filter(|m| {
                 m["method"] == "notifications/progress"
@@ -369,7 +369,7 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     // waiting for the answer as `get-roots-list` runs, the tool asks for the roots once more.
     let mut server_requests: Vec<Value> = session
         .wire
-        .from_server()
+        .read_messages()
         .into_iter()
         .filter(|m| m.get("method").is_some() && m.get("id").is_some())
         .map(|m| json!({ "method": m["method"], "params": m["params"] }))
@@ -377,6 +377,20 @@ async fn run_script(label: &'static str, command: Command) -> Run {
     server_requests.sort_by_key(Value::to_string);
     server_requests.dedup();
     transcript.push(("requests from the server".to_owned(), Value::Array(server_requests)));
+
+    // The kinds of notification the server sent (list changes, log messages, progress). Only
+    // their methods: the simulated-logging tool picks a random level and text for each message.
+    let mut notifications: Vec<Value> = session
+        .wire
+        .read_messages()
+        .into_iter()
+        .filter(|m| m.get("method").is_some() && m.get("id").is_none())
+        .map(|m| m["method"].clone())
+        .collect();
+    notifications.sort_by_key(Value::to_string);
+    notifications.dedup();
+    transcript
+        .push(("notification methods from the server".to_owned(), Value::Array(notifications)));
 
     let run = session.finish().await;
     Run {
@@ -642,6 +656,10 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
         }
     }
     checks.eq("provenance rows", &run.calls.len(), &provenance.len());
+    // The calls above end in every outcome, so none of the outcome checks is vacuous.
+    let outcomes: std::collections::BTreeSet<&str> =
+        run.calls.iter().map(|c| expected_outcome(&c.response)).collect();
+    checks.eq("outcomes exercised", &["error", "ok", "tool_error"].into(), &outcomes);
 
     // The agent's resources/read and prompts/get.
     for exchange in &run.other_recorded {
@@ -670,7 +688,6 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
     }
 
     // The server's sampling and elicitation requests, with the client's answers.
-    let mut served = 0;
     for message in &run.from_server {
         let method = message["method"].as_str().unwrap_or_default();
         if !matches!(method, "sampling/createMessage" | "elicitation/create")
@@ -678,7 +695,6 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
         {
             continue;
         }
-        served += 1;
         let Some(answer) =
             run.to_server.iter().find(|m| m.get("method").is_none() && m["id"] == message["id"])
         else {
@@ -725,15 +741,25 @@ async fn check_ledger(path: &std::path::Path, run: &Run, checks: &mut Checks) {
             format!("the server never sent {method}; the test covers nothing")
         });
     }
-    let server_requests_recorded =
-        of_type("request").iter().filter(|e| e.data["direction"] == "server_to_agent").count();
-    checks.eq("server-to-agent request events", &served, &server_requests_recorded);
-    checks.eq(
-        "agent-to-server request events",
-        &run.other_recorded.len(),
-        &of_type("request").iter().filter(|e| e.data["direction"] == "agent_to_server").count(),
-    );
-    checks.eq("response events", &(served + run.other_recorded.len()), &of_type("response").len());
+    // Nothing recorded twice: as many request and response events per method as there were
+    // such requests (per method, so that recording more methods later does not break this).
+    let sent_by_server = |method: &str| {
+        run.from_server.iter().filter(|m| m["method"] == method && m.get("id").is_some()).count()
+    };
+    let sent_by_agent =
+        |method: &str| run.other_recorded.iter().filter(|e| e.method == method).count();
+    for (method, sent) in [
+        ("sampling/createMessage", sent_by_server("sampling/createMessage")),
+        ("elicitation/create", sent_by_server("elicitation/create")),
+        ("resources/read", sent_by_agent("resources/read")),
+        ("prompts/get", sent_by_agent("prompts/get")),
+    ] {
+        for event_type in ["request", "response"] {
+            let recorded =
+                events.iter().filter(|e| e.event_type == event_type && e.data["method"] == method);
+            checks.eq(&format!("{event_type} events for {method}"), &sent, &recorded.count());
+        }
+    }
 }
 
 /// The one request event and the one response event recorded for `exchange`.
@@ -937,7 +963,7 @@ impl ClientHandler for CannedClient {
         _context: NotificationContext<RoleClient>,
     ) {
         let value = serde_json::to_value(params).expect("progress serialises");
-        self.progress.lock().expect("lock").push(value);
+        locked(&self.progress).push(value);
     }
 }
 
@@ -973,10 +999,12 @@ impl Session {
             Tee { inner: child.stdin.take().expect("piped stdin"), seen: wire.written.clone() },
         );
         let handler = CannedClient::default();
-        let client = tokio::time::timeout(REQUEST_TIMEOUT, handler.clone().serve(transport))
-            .await
-            .unwrap_or_else(|_| panic!("{label}: no initialize response"))
-            .unwrap_or_else(|e| panic!("{label}: MCP handshake failed: {e}"));
+        let client =
+            match tokio::time::timeout(REQUEST_TIMEOUT, handler.clone().serve(transport)).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => panic!("{label}: MCP handshake failed: {e}"),
+                Err(_) => panic!("{label}: no initialize response"),
+            };
         Session { label, client, handler, wire, child, stderr }
     }
 
@@ -997,12 +1025,14 @@ impl Session {
             .unwrap_or_else(|_| panic!("{label}: {method} (id {id}) got no response"));
         let message = self
             .wire
-            .from_server()
+            .read_messages()
             .into_iter()
             .find(|m| m.get("method").is_none() && m["id"] == id)
             .unwrap_or_else(|| panic!("{label}: no response with id {id} on the wire"));
         // The params as sent, with the `_meta` rmcp added (the ledger records them whole).
-        let sent = messages(&self.wire.written.lock().expect("lock"))
+        let sent = self
+            .wire
+            .written_messages()
             .into_iter()
             .find(|m| m["method"] == method && m["id"] == id)
             .unwrap_or_else(|| panic!("{label}: {method} with id {id} is not on the wire"));
@@ -1029,14 +1059,14 @@ impl Session {
         let stderr = self.stderr.await.unwrap_or_default();
         // `mcp-ledger stdio` exits 0 when the agent ends the session; node too, on stdin EOF.
         assert!(status.success(), "{label}: the child exited with {status}; stderr:\n{stderr}");
-        let delivered_progress = self.handler.progress.lock().expect("lock").clone();
+        let delivered_progress = locked(&self.handler.progress).clone();
         Run {
             label,
             transcript: Vec::new(),
             calls: Vec::new(),
             other_recorded: Vec::new(),
-            from_server: self.wire.from_server(),
-            to_server: messages(&self.wire.written.lock().expect("lock")),
+            from_server: self.wire.read_messages(),
+            to_server: self.wire.written_messages(),
             delivered_progress,
             stderr,
         }
@@ -1051,9 +1081,20 @@ struct Wire {
 }
 
 impl Wire {
-    fn from_server(&self) -> Vec<Value> {
-        messages(&self.read.lock().expect("lock"))
+    fn read_messages(&self) -> Vec<Value> {
+        let bytes = locked(&self.read).clone();
+        messages(&bytes)
     }
+
+    fn written_messages(&self) -> Vec<Value> {
+        let bytes = locked(&self.written).clone();
+        messages(&bytes)
+    }
+}
+
+/// The data behind `mutex`, also after a panic elsewhere (which fails the test anyway).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The complete newline-delimited JSON messages in `bytes`.
@@ -1088,7 +1129,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Tee<R> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            self.seen.lock().expect("lock").extend_from_slice(&buf.filled()[before..]);
+            locked(&self.seen).extend_from_slice(&buf.filled()[before..]);
         }
         poll
     }
@@ -1100,9 +1141,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tee<W> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // The copy is taken under the lock held across the write: whoever reads the copy after
+        // the peer has answered these bytes finds them in it.
+        let seen = self.seen.clone();
+        let mut seen = locked(&seen);
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = poll {
-            self.seen.lock().expect("lock").extend_from_slice(&buf[..written]);
+            seen.extend_from_slice(&buf[..written]);
         }
         poll
     }

@@ -6,8 +6,6 @@ mod demo;
 mod ledger;
 mod stdio;
 
-use std::process::ExitCode;
-
 use clap::{Parser, Subcommand};
 
 pub use ledger::LedgerArgs;
@@ -59,7 +57,7 @@ enum Command {
 }
 
 /// Runs the parsed command line and returns the process exit code.
-pub async fn run(cli: Cli) -> ExitCode {
+pub async fn run(cli: Cli) -> u8 {
     let outcome = match cli.command {
         Command::Stdio(args) => stdio::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
@@ -73,10 +71,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             .map_err(CliError::Failed),
     };
     match outcome {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(error) => {
             eprintln!("mcp-ledger: {error:#}");
-            ExitCode::from(error.exit_code())
+            error.exit_code()
         }
     }
 }

@@ -68,8 +68,8 @@ struct Shared {
     open_from_agent: Mutex<HashMap<String, OpenCall>>,
     /// Recorded requests from the upstream, by id, waiting for the agent's response.
     open_from_server: Mutex<HashMap<String, OpenCall>>,
-    /// `initialize` params by request id, until the upstream answers.
-    initializing: Mutex<HashMap<String, Value>>,
+    /// Handshake requests (method, params) by request id, until the upstream answers.
+    handshakes: Mutex<HashMap<String, (String, Value)>>,
 }
 
 impl Shared {
@@ -104,7 +104,7 @@ where
         recorder,
         open_from_agent: Mutex::default(),
         open_from_server: Mutex::default(),
-        initializing: Mutex::default(),
+        handshakes: Mutex::default(),
     });
     let (to_agent, agent_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
     let (to_upstream, upstream_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
@@ -324,9 +324,10 @@ fn plan_message(
     let envelope = Envelope::parse(bytes)?;
     match envelope.kind() {
         Kind::Request { id, method } => {
-            if sender == Direction::FromAgent && method == "initialize" {
+            if sender == Direction::FromAgent && SessionRecorder::is_handshake(method) {
                 let params = parse_value(envelope.params);
-                shared.initializing.lock().expect("lock").insert(id_key(id), params);
+                let handshake = (method.to_owned(), params);
+                shared.handshakes.lock().expect("lock").insert(id_key(id), handshake);
                 return None;
             }
             if !shared.recorder.records(sender, method) {
@@ -369,12 +370,12 @@ fn plan_message(
                 Direction::FromServer => Direction::FromAgent,
             };
             if sender == Direction::FromServer {
-                let init = shared.initializing.lock().expect("lock").remove(&key);
-                if let Some(params) = init {
+                let handshake = shared.handshakes.lock().expect("lock").remove(&key);
+                if let Some(handshake) = handshake {
                     return Some(record_session_start(
                         shared.clone(),
                         id,
-                        params,
+                        handshake,
                         envelope.result,
                         bytes,
                     ));
@@ -416,7 +417,7 @@ fn plan_message(
 fn record_session_start(
     shared: Arc<Shared>,
     id: &RawValue,
-    params: Value,
+    (method, params): (String, Value),
     result: Option<&RawValue>,
     bytes: &[u8],
 ) -> BoxFuture<'static, Outcome> {
@@ -424,11 +425,11 @@ fn record_session_start(
     let result = result.map(|r| parse_value(Some(r)));
     let raw = bytes.to_vec();
     async move {
-        // An initialize that failed upstream starts no session; pass the error on.
+        // A handshake that failed upstream starts no session; pass the error on.
         let Some(result) = result else {
             return Outcome::forward(raw);
         };
-        match shared.recorder.session_started(&params, &result).await {
+        match shared.recorder.session_started(&method, &params, &result).await {
             Ok(()) => Outcome::forward(raw),
             Err(error) => {
                 tracing::error!(%error, "cannot record session_start; refusing the session");

@@ -18,8 +18,13 @@ pub struct LineClient {
 
 impl LineClient {
     pub fn spawn(program: &str, args: &[String]) -> Self {
+        Self::spawn_with_env(program, args, &[])
+    }
+
+    pub fn spawn_with_env(program: &str, args: &[String], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .env("MCP_LEDGER_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -51,6 +56,15 @@ impl LineClient {
             .expect("read")
             .expect("the peer closed its output");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The next line the peer writes, exactly as written.
+    pub async fn recv_raw(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+            .await
+            .expect("a message within 30 s")
+            .expect("read")
+            .expect("the peer closed its output")
     }
 
     /// `None` once the peer has closed its output.
