@@ -1,11 +1,17 @@
 //! The Postgres store, for production and for many proxies sharing one ledger.
 //!
-//! Appends serialise per chain on a transaction-scoped advisory lock, taken before the head is
-//! read, so any number of processes extend one chain in one total order. The lock needs no UPDATE
-//! privilege (a `SELECT … FOR UPDATE` on a head row would), which lets the proxy run as the
-//! insert-only `mcp_ledger_writer` role.
+//! Appends keep one total order per chain across processes in two ways. The fast path extends
+//! the head this process committed last, in a single autocommitted statement: the primary key
+//! `(chain_id, seq)` refuses it if another process got there first, and then nothing was written.
+//! The fallback reads the head under a transaction-scoped advisory lock. Neither needs UPDATE
+//! privilege (a `SELECT … FOR UPDATE` on a head row would), so the proxy can run as the
+//! insert-only `mcp_ledger_writer` role; and `prev_hash` can be trusted from the cache because
+//! events are never changed once written.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -13,19 +19,29 @@ use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{PgPool, QueryBuilder, Row};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{ProvenanceRow, Store, StoreError, StoreOptions, seal_after};
-use crate::record::{Draft, Event};
+use crate::record::{Draft, Event, Payload};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
-/// Postgres allows 65,535 bound parameters per statement; 11 columns a row.
-const MAX_ROWS_PER_INSERT: usize = 5_000;
+/// Postgres allows 65,535 bound parameters per statement; events have 11 columns a row.
+const MAX_ROWS_PER_INSERT: usize = 2_000;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The last head this process committed, per chain: the fast path's guess at the head.
+    heads: Mutex<HashMap<String, (i64, String)>>,
+    /// Until when the fast path is skipped, after another process won a race for the head.
+    contended_until: Mutex<Option<Instant>>,
 }
+
+/// How long the fast path stays off after a lost race.
+const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How often the locked path retries when a fast-path writer elsewhere takes its seq first.
+const MAX_LOCKED_ATTEMPTS: u32 = 20;
 
 impl PostgresStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
@@ -40,7 +56,8 @@ impl PostgresStore {
             .acquire_timeout(options.lock_timeout)
             .connect_with(connect)
             .await?;
-        let store = PostgresStore { pool };
+        let store =
+            PostgresStore { pool, heads: Mutex::default(), contended_until: Mutex::default() };
         if options.migrate && !store.is_current().await? {
             store.migrate().await.map_err(|e| match e {
                 StoreError::Migrate(sqlx::migrate::MigrateError::Execute(source))
@@ -75,6 +92,114 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Reads the head and inserts under the chain's advisory lock, in one transaction.
+    async fn append_locked(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+        payloads: &[&Payload],
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(chain_lock_key(chain_id))
+            .execute(&mut *tx)
+            .await?;
+        let head: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM mcp_ledger.events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let events = seal_after(chain_id, head, drafts)?;
+        for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
+            insert_statement(&[], chunk).build().execute(&mut *tx).await?;
+        }
+        for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+            insert_statement(chunk, &[]).build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    fn contended(&self) -> bool {
+        self.contended_until.lock().expect("lock").is_some_and(|until| Instant::now() < until)
+    }
+
+    fn cached_head(&self, chain_id: &str) -> Option<(i64, String)> {
+        self.heads.lock().expect("lock").get(chain_id).cloned()
+    }
+
+    fn remember_head(&self, chain_id: &str, events: &[Event]) {
+        if let Some(last) = events.last() {
+            self.heads
+                .lock()
+                .expect("lock")
+                .insert(chain_id.to_owned(), (last.seq, last.hash.clone()));
+        }
+    }
+
+    fn forget_head(&self, chain_id: &str) {
+        self.heads.lock().expect("lock").remove(chain_id);
+    }
+}
+
+/// One statement that inserts `payloads` (skipping bodies already stored) and `events`.
+fn insert_statement<'a>(
+    events: &'a [Event],
+    payloads: &'a [&'a Payload],
+) -> QueryBuilder<'a, Postgres> {
+    let mut query = QueryBuilder::new("");
+    if !payloads.is_empty() {
+        // A data-modifying WITH runs even though the main statement does not read it.
+        query.push(
+            "WITH stored_payloads AS (INSERT INTO mcp_ledger.payloads (reference, body, size) ",
+        );
+        query.push_values(payloads, |mut row, p| {
+            row.push_bind(&p.reference).push_bind(&p.body).push_bind(p.size() as i64);
+        });
+        query.push(" ON CONFLICT (reference) DO NOTHING RETURNING 1) ");
+        if events.is_empty() {
+            query.push("SELECT count(*) FROM stored_payloads");
+            return query;
+        }
+    }
+    query.push(
+        "INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
+         session_id, agent, server, data, prev_hash, hash) ",
+    );
+    query.push_values(events, |mut row, e| {
+        row.push_bind(&e.chain_id)
+            .push_bind(e.seq)
+            .push_bind(&e.event_id)
+            .push_bind(&e.event_type)
+            .push_bind(&e.timestamp)
+            .push_bind(&e.session_id)
+            .push_bind(&e.agent)
+            .push_bind(&e.server)
+            .push_bind(Json(&e.data))
+            .push_bind(&e.prev_hash)
+            .push_bind(&e.hash);
+    });
+    query
+}
+
+/// The payloads of `drafts`, each body once, sorted by reference. Concurrent transactions that
+/// store the same bodies then take their unique-index locks in the same order and cannot
+/// deadlock on them.
+fn unique_payloads(drafts: &[Draft]) -> Vec<&Payload> {
+    let mut payloads: Vec<&Payload> = drafts.iter().flat_map(|d| &d.payloads).collect();
+    payloads.sort_by(|a, b| a.reference.cmp(&b.reference));
+    payloads.dedup_by(|a, b| a.reference == b.reference);
+    payloads
+}
+
+/// Whether `error` is another writer having taken the seq we tried to append at.
+fn is_seq_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e)
+        if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey"))
+}
+
 fn is_permission_denied(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("42501"))
 }
@@ -106,52 +231,52 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(chain_lock_key(chain_id))
-            .execute(&mut *tx)
-            .await?;
-        let head: Option<(i64, String)> = sqlx::query_as(
-            "SELECT seq, hash FROM mcp_ledger.events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(chain_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let events = seal_after(chain_id, head, drafts)?;
-
-        for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
-                 session_id, agent, server, data, prev_hash, hash) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(&e.chain_id)
-                    .push_bind(e.seq)
-                    .push_bind(&e.event_id)
-                    .push_bind(&e.event_type)
-                    .push_bind(&e.timestamp)
-                    .push_bind(&e.session_id)
-                    .push_bind(&e.agent)
-                    .push_bind(&e.server)
-                    .push_bind(Json(&e.data))
-                    .push_bind(&e.prev_hash)
-                    .push_bind(&e.hash);
-            });
-            insert.build().execute(&mut *tx).await?;
+        let payloads = unique_payloads(drafts);
+        if let Some(head) = self.cached_head(chain_id)
+            && !self.contended()
+            && drafts.len() <= MAX_ROWS_PER_INSERT
+            && payloads.len() <= MAX_ROWS_PER_INSERT
+        {
+            // Fast path: extend the head this process wrote last, in one autocommitted statement
+            // (one round trip). If another process extended the chain meanwhile, the primary key
+            // refuses our seq and nothing was written; then take the locked path.
+            let events = seal_after(chain_id, Some(head), drafts)?;
+            match insert_statement(&events, &payloads).build().execute(&self.pool).await {
+                Ok(_) => {
+                    self.remember_head(chain_id, &events);
+                    return Ok(events);
+                }
+                Err(error) if is_seq_conflict(&error) => {
+                    // Other processes are appending too: their heads will keep invalidating ours
+                    // for a while, so serialise on the lock instead of wasting round trips.
+                    *self.contended_until.lock().expect("lock") =
+                        Some(Instant::now() + CONTENTION_BACKOFF);
+                }
+                Err(error) => {
+                    self.forget_head(chain_id);
+                    return Err(error.into());
+                }
+            }
         }
-
-        let payloads: Vec<_> = drafts.iter().flat_map(|d| &d.payloads).collect();
-        if !payloads.is_empty() {
-            let mut insert =
-                QueryBuilder::new("INSERT INTO mcp_ledger.payloads (reference, body, size) ");
-            insert.push_values(&payloads, |mut row, p| {
-                row.push_bind(&p.reference).push_bind(&p.body).push_bind(p.size() as i64);
-            });
-            insert.push(" ON CONFLICT (reference) DO NOTHING");
-            insert.build().execute(&mut *tx).await?;
+        let mut attempts = 0;
+        loop {
+            match self.append_locked(chain_id, drafts, &payloads).await {
+                Ok(events) => {
+                    self.remember_head(chain_id, &events);
+                    return Ok(events);
+                }
+                // Only a fast-path writer in another process can race the lock holder.
+                Err(StoreError::Database(error))
+                    if is_seq_conflict(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
+                {
+                    attempts += 1;
+                }
+                Err(error) => {
+                    self.forget_head(chain_id);
+                    return Err(error);
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(events)
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
