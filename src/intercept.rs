@@ -274,6 +274,38 @@ impl SessionRecorder {
     }
 }
 
+/// A request the HTTP endpoint turned away for want of valid credentials: who tried (as far as
+/// can be told without trusting them), from where, at which endpoint. Never the token.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    pub server: String,
+    pub remote_addr: String,
+    pub reason: &'static str,
+    pub user_agent: Option<String>,
+    /// The agent a valid token belonged to, when the token was valid but not for this session.
+    pub token_agent: Option<String>,
+}
+
+/// Records an `auth_failed` event. Returns once it is committed.
+pub async fn record_auth_failure(
+    ledger: &Ledger,
+    failure: &AuthFailure,
+) -> Result<(), RecordError> {
+    let mut draft = Draft::new(
+        EventType::AuthFailed,
+        json!({
+            "endpoint": format!("/mcp/{}", failure.server),
+            "remote_addr": failure.remote_addr,
+            "reason": failure.reason,
+            "user_agent": failure.user_agent,
+        }),
+    );
+    draft.agent = failure.token_agent.clone();
+    draft.server = Some(failure.server.clone());
+    ledger.append(draft).await?;
+    Ok(())
+}
+
 /// What `session_start` says about the two peers, from either handshake.
 fn handshake_summary(method: &str, params: &Value, result: &Value) -> Value {
     if method == "server/discover" {

@@ -2,6 +2,7 @@
 //! ledger before forwarding it. See ARCHITECTURE.md for the map of the code.
 
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod intercept;
 pub mod proxy;

@@ -1,9 +1,12 @@
 //! The `mcp-ledger` command line: argument parsing, output formatting and exit codes. Everything
 //! it does goes through the library API.
 
+mod agents;
 mod bench;
+mod configured;
 mod demo;
 mod ledger;
+mod serve;
 mod stdio;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +40,10 @@ pub struct Cli {
 enum Command {
     /// Serve one agent over stdio and relay to an upstream MCP server started as a child process
     Stdio(stdio::StdioArgs),
+    /// Serve the MCP Streamable HTTP transport for every configured upstream, at /mcp/{server}
+    Serve(serve::ServeArgs),
+    /// Manage the agents allowed to call `serve` (`agents add NAME` creates a token)
+    Agents(agents::AgentsArgs),
     /// Recompute every hash and link; exit 0 intact, 1 tampered, 2 could not check
     Verify(ledger::VerifyArgs),
     /// Show recorded tool calls (the provenance view), newest last
@@ -60,6 +67,8 @@ enum Command {
 pub async fn run(cli: Cli) -> u8 {
     let outcome = match cli.command {
         Command::Stdio(args) => stdio::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Agents(args) => agents::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
         Command::Log(args) => ledger::log(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,

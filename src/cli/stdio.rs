@@ -1,57 +1,115 @@
 //! `mcp-ledger stdio`: the drop-in for an MCP client's server command.
 
-use anyhow::Context;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
 use clap::Args;
 
-use super::{CliError, LedgerArgs, exit};
+use super::{CliError, LedgerArgs, configured, exit};
 use crate::intercept::{RecordedMethods, SessionIdentity, SessionRecorder};
 use crate::proxy::relay::RelayEnd;
-use crate::proxy::stdio::{serve_stdio, server_name_from_command, spawn_upstream};
+use crate::proxy::stdio::{serve_stdio, server_name_from_command};
+use crate::proxy::upstream::{self, UpstreamSpec};
 use crate::store::writer::Ledger;
 use crate::store::{self, DEFAULT_CHAIN, StoreOptions};
 
 #[derive(Debug, Args)]
 pub struct StdioArgs {
+    /// A configuration file whose [[servers]] entry named by --server is the upstream (stdio or
+    /// HTTP), used when no command follows `--`
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     ledger: LedgerArgs,
     /// The agent this session is recorded for
     #[arg(long, env = "MCP_LEDGER_AGENT", default_value = "anonymous")]
     agent: String,
-    /// The upstream server's name in the ledger [default: derived from the command]
+    /// The upstream server's name in the ledger (and in --config) [default: derived from the command]
     #[arg(long)]
     server: Option<String>,
     /// How long a ledger write may wait for a lock or connection before the call fails closed
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
-    lock_timeout_ms: u64,
+    /// [default: 5000, or the file's lock_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    lock_timeout_ms: Option<u64>,
     /// The upstream MCP server to start, after `--`
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
+/// What `stdio` runs: which upstream, under which name, recording which methods.
+struct Plan {
+    server: String,
+    upstream: UpstreamSpec,
+    recorded: RecordedMethods,
+    ledger_url: store::LedgerUrl,
+    lock_timeout_ms: u64,
+}
+
+fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
+    let config = args.config.as_deref().map(configured::load).transpose()?;
+    let lock_timeout_ms =
+        args.lock_timeout_ms.or(config.as_ref().map(|c| c.ledger.lock_timeout_ms)).unwrap_or(5000);
+    let ledger_url = configured::ledger_url(&args.ledger, config.as_ref())?;
+    if !args.command.is_empty() {
+        let server = args.server.clone().unwrap_or_else(|| server_name_from_command(&args.command));
+        let upstream =
+            UpstreamSpec::Stdio { command: args.command.clone(), env: Vec::new(), cwd: None };
+        return Ok(Plan {
+            server,
+            upstream,
+            recorded: RecordedMethods::default(),
+            ledger_url,
+            lock_timeout_ms,
+        });
+    }
+    let (Some(config), Some(name)) = (&config, &args.server) else {
+        return Err(CliError::Usage(anyhow!(
+            "no upstream: put its command after `--` (e.g. `mcp-ledger stdio -- npx -y \
+             @modelcontextprotocol/server-everything`), or name a configured one with \
+             `--config FILE --server NAME`"
+        )));
+    };
+    let server = config.server(name).ok_or_else(|| {
+        let known: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+        CliError::Usage(anyhow!(
+            "{}: no [[servers]] entry named `{name}` (configured: {})",
+            args.config.as_ref().expect("config given").display(),
+            known.join(", ")
+        ))
+    })?;
+    Ok(Plan {
+        server: server.name.clone(),
+        upstream: configured::upstream_spec(server)?,
+        recorded: configured::recorded_methods(server),
+        ledger_url,
+        lock_timeout_ms,
+    })
+}
+
 pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
-    let url = args.ledger.url()?;
-    let lock_timeout = std::time::Duration::from_millis(args.lock_timeout_ms);
+    let plan = plan(&args)?;
+    let url = &plan.ledger_url;
+    let lock_timeout = std::time::Duration::from_millis(plan.lock_timeout_ms);
     let options = StoreOptions { lock_timeout, ..StoreOptions::default() };
     // Without a ledger nothing may be forwarded, so an unreachable ledger stops us before the
     // upstream is even started.
-    let store = store::open(&url, &options)
+    let store = store::open(url, &options)
         .await
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
-    let server = args.server.clone().unwrap_or_else(|| server_name_from_command(&args.command));
-    let child = spawn_upstream(&args.command).map_err(|e| CliError::Usage(e.into()))?;
+    let pipe = upstream::connect(&plan.upstream).map_err(|e| CliError::Usage(e.into()))?;
 
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
     let identity = SessionIdentity {
         session_id: uuid::Uuid::now_v7().to_string(),
         agent: args.agent.clone(),
-        server: server.clone(),
+        server: plan.server.clone(),
         transport: "stdio",
-        upstream: format!("stdio:{}", args.command[0]),
+        upstream: plan.upstream.describe(),
     };
-    tracing::info!(agent = %args.agent, %server, ledger = %url, session_id = %identity.session_id, "recording session");
-    let recorder = SessionRecorder::new(ledger, identity, RecordedMethods::default());
-    let end = serve_stdio(recorder, child).await;
+    tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, session_id = %identity.session_id, "recording session");
+    let recorder = SessionRecorder::new(ledger, identity, plan.recorded);
+    let end = serve_stdio(recorder, pipe).await;
     // Every handle to the writer is gone once the relay returns: wait for the last commits.
     let _ = writer.await;
     store.close().await;

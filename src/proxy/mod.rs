@@ -3,6 +3,9 @@
 //! **Invariant:** the proxy forwards the bytes it received. It parses only the routing fields
 //! ([`jsonrpc::Envelope`]) and builds a message of its own only to refuse one.
 
+pub mod http_server;
+pub mod http_upstream;
 pub mod jsonrpc;
 pub mod relay;
 pub mod stdio;
+pub mod upstream;

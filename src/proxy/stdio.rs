@@ -1,13 +1,12 @@
 //! `mcp-ledger stdio`: serve one agent on this process's stdin/stdout and relay to an upstream
-//! MCP server started as a child process.
+//! MCP server (a child process, or an HTTP endpoint through the adapter in `http_upstream`).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::BufReader;
-use tokio::process::{Child, Command};
 
 use super::relay::{RelayEnd, relay};
+use super::upstream::{UpstreamPipe, reap};
 use crate::intercept::SessionRecorder;
 
 /// How long the upstream gets to exit on its own once the agent has left.
@@ -23,43 +22,19 @@ pub enum StdioError {
     Spawn { program: String, source: std::io::Error },
 }
 
-/// Starts `command` (program and arguments) as the upstream server with piped stdin/stdout.
-/// Its stderr is inherited: MCP clients show a server's stderr as its log, and they keep doing so
-/// through the proxy.
-pub fn spawn_upstream(command: &[String]) -> Result<Child, StdioError> {
-    let (program, args) = command.split_first().ok_or(StdioError::NoCommand)?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| StdioError::Spawn { program: program.clone(), source })
-}
-
-/// Relays this process's stdin/stdout to the upstream `child` until either side closes, then
-/// stops the child.
-pub async fn serve_stdio(recorder: SessionRecorder, mut child: Child) -> RelayEnd {
-    let up_in = child.stdin.take().expect("spawned with piped stdin");
-    let up_out = child.stdout.take().expect("spawned with piped stdout");
+/// Relays this process's stdin/stdout to the upstream until either side closes, then stops
+/// the upstream.
+pub async fn serve_stdio(recorder: SessionRecorder, upstream: UpstreamPipe) -> RelayEnd {
     let end = relay(
         recorder,
         BufReader::new(tokio::io::stdin()),
         tokio::io::stdout(),
-        BufReader::new(up_out),
-        up_in,
+        upstream.reader,
+        upstream.writer,
         SHUTDOWN_GRACE,
     )
     .await;
-    match tokio::time::timeout(SHUTDOWN_GRACE, child.wait()).await {
-        Ok(Ok(status)) => tracing::debug!(%status, "upstream exited"),
-        Ok(Err(error)) => tracing::warn!(%error, "could not wait for the upstream"),
-        Err(_) => {
-            tracing::warn!("upstream did not exit after its input closed; killing it");
-            let _ = child.kill().await;
-        }
-    }
+    reap(upstream.child, SHUTDOWN_GRACE).await;
     end
 }
 

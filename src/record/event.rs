@@ -21,6 +21,7 @@ pub enum EventType {
     ToolResult,
     Request,
     Response,
+    AuthFailed,
 }
 
 impl EventType {
@@ -32,6 +33,7 @@ impl EventType {
             EventType::ToolResult => "tool_result",
             EventType::Request => "request",
             EventType::Response => "response",
+            EventType::AuthFailed => "auth_failed",
         }
     }
 }

@@ -1,0 +1,128 @@
+//! `mcp-ledger serve`: the Streamable HTTP front end for every configured upstream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+
+use super::{CliError, LedgerArgs, configured, exit};
+use crate::proxy::http_server::{
+    AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve,
+};
+use crate::store::writer::Ledger;
+use crate::store::{self, DEFAULT_CHAIN, StoreOptions};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file
+    #[arg(long, default_value = crate::config::DEFAULT_FILE_NAME)]
+    config: PathBuf,
+    /// Listen here instead of the file's [listen] addr
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    ledger: LedgerArgs,
+}
+
+pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
+    let config = configured::load(&args.config)?;
+    config.validate_for_serve().map_err(|e| CliError::Usage(e.into()))?;
+    let addr = args.listen.unwrap_or(config.listen.addr);
+
+    let allow_anonymous = config.agents.is_empty();
+    if allow_anonymous {
+        if !addr.ip().is_loopback() {
+            return Err(CliError::Usage(anyhow!(
+                "refusing to listen on {addr} without [[agents]]: anyone who can reach it could \
+                 call your servers; add agents with `mcp-ledger agents add NAME`, or listen on \
+                 127.0.0.1"
+            )));
+        }
+        tracing::warn!(%addr, "no [[agents]] configured: accepting every caller as agent `anonymous` (loopback only)");
+    }
+    let agents: Vec<(String, String)> =
+        config.agents.iter().map(|a| (a.name.clone(), a.token_sha256.clone())).collect();
+    let agents =
+        AgentTokens::new(&agents, allow_anonymous).map_err(|e| CliError::Usage(anyhow!(e)))?;
+    let mut endpoints = HashMap::new();
+    for server in &config.servers {
+        let endpoint = Endpoint {
+            upstream: configured::upstream_spec(server)?,
+            recorded: configured::recorded_methods(server),
+        };
+        if server.shared {
+            tracing::warn!(server = %server.name, "`shared = true` is not supported yet: each session gets its own upstream");
+        }
+        endpoints.insert(server.name.clone(), endpoint);
+    }
+    if config.ledger.signing_key.is_none() {
+        tracing::warn!("no [ledger] signing_key: checkpoints are not signed");
+    }
+
+    let url = configured::ledger_url(&args.ledger, Some(&config))?;
+    let lock_timeout = Duration::from_millis(config.ledger.lock_timeout_ms);
+    let options = StoreOptions { lock_timeout, ..StoreOptions::default() };
+    let store = store::open(&url, &options)
+        .await
+        .with_context(|| format!("cannot open the ledger {url}"))
+        .map_err(CliError::Failed)?;
+    let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
+
+    let settings = ServeSettings {
+        endpoints,
+        agents,
+        origins: OriginPolicy {
+            allowed_hosts: config.listen.allowed_hosts.clone(),
+            allowed_origins: config.listen.allowed_origins.clone(),
+        },
+        max_body_bytes: config.listen.max_body_bytes,
+        max_sessions: config.listen.max_sessions,
+        session_idle_timeout: Duration::from_secs(config.listen.session_idle_timeout_secs),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+        .map_err(CliError::Failed)?;
+    let bound = listener.local_addr().map_err(|e| CliError::Failed(e.into()))?;
+    let proxy = HttpProxy::new(settings, ledger);
+    tracing::info!(ledger = %url, "recording to the ledger");
+    for server in &config.servers {
+        // Printed, not logged: it is the address to put in client configs.
+        println!("serving {} at http://{bound}/mcp/{}", server.name, server.name);
+    }
+
+    serve(listener, proxy, shutdown_signal())
+        .await
+        .with_context(|| format!("the HTTP server on {bound} failed"))
+        .map_err(CliError::Failed)?;
+    // Every session has ended and dropped its ledger handle: wait for the last commits.
+    let _ = writer.await;
+    store.close().await;
+    Ok(exit::OK)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: ending sessions and committing their last events");
+}

@@ -1,0 +1,299 @@
+//! The configuration file, `mcp-ledger.toml`: its shape, its validation, and the `${VAR}`
+//! references through which secrets reach it from the environment.
+//!
+//! Loading is strict: an unknown key, a value of the wrong type or an invalid setting is an error
+//! naming the file, the line and the key (`mcp-ledger.toml:12:1: …`). Secrets stay out of the
+//! file and out of every message: `env` and `headers` values and `ledger.url` may hold `${VAR}`,
+//! substituted by [`Config::resolve_secrets`] at start-up, and `Debug` never prints them.
+
+mod raw;
+mod secrets;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use secrets::{ConfigWarning, Place};
+
+/// The file's name when a configuration is not read from a file (and the conventional name).
+pub const DEFAULT_FILE_NAME: &str = "mcp-ledger.toml";
+
+/// A whole `mcp-ledger.toml`. Every table is optional; [`Config::validate_for_serve`] adds what
+/// `serve` needs on top.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub ledger: LedgerConfig,
+    pub listen: ListenConfig,
+    pub servers: Vec<ServerConfig>,
+    pub agents: Vec<AgentConfig>,
+    pub audit: AuditConfig,
+    pub policy: PolicyConfig,
+    /// The file this was loaded from, for messages; `None` when built in code.
+    pub path: Option<PathBuf>,
+}
+
+/// `[ledger]`
+#[derive(Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// `sqlite://PATH` or `postgres://…`; may hold `${VAR}`.
+    pub url: Option<String>,
+    /// The Ed25519 key file; a relative path is relative to the configuration file.
+    pub signing_key: Option<PathBuf>,
+    /// How long a ledger write may wait for a lock or connection before the call fails closed.
+    pub lock_timeout_ms: u64,
+}
+
+/// `[listen]`: the Streamable HTTP endpoint of `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub addr: SocketAddr,
+    /// `Origin` values accepted besides the loopback ones; empty means loopback origins only.
+    pub allowed_origins: Vec<String>,
+    /// `Host` values accepted besides the loopback ones; empty means loopback hosts only.
+    pub allowed_hosts: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_sessions: usize,
+    pub session_idle_timeout_secs: u64,
+}
+
+/// One `[[servers]]` entry: an upstream MCP server, served at `/mcp/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Unique and URL-path-safe (see [`is_valid_name`]).
+    pub name: String,
+    pub transport: UpstreamTransport,
+    /// One upstream connection shared by every agent session, instead of one per session.
+    pub shared: bool,
+    /// Methods recorded besides `tools/call`; `None` means the default set.
+    pub record_methods: Option<Vec<String>>,
+}
+
+/// How to reach an upstream: in TOML, `command` (+ `env`, `cwd`) or `url` (+ `headers`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamTransport {
+    /// A child process speaking MCP on stdio. `env` values may hold `${VAR}`.
+    Stdio { command: Vec<String>, env: BTreeMap<String, String>, cwd: Option<PathBuf> },
+    /// A Streamable HTTP server. `headers` values may hold `${VAR}`.
+    Http { url: String, headers: BTreeMap<String, String> },
+}
+
+/// One `[[agents]]` entry: a bearer token's hash and the name calls are recorded under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token string (see [`token_sha256`]).
+    pub token_sha256: String,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub scan_pii: bool,
+    pub retention_days: Option<u32>,
+    pub retention_max_size_mb: Option<u64>,
+    pub log_tool_args: bool,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The directory of `*.toml` policies; a relative path is relative to the configuration file.
+    pub dir: Option<PathBuf>,
+    /// The decision when no rule matches: `allow`, `deny` or `hold`.
+    pub default: String,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { url: None, signing_key: None, lock_timeout_ms: 5000 }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8931)),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_sessions: 1000,
+            session_idle_timeout_secs: 1800,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            scan_pii: true,
+            retention_days: None,
+            retention_max_size_mb: None,
+            log_tool_args: true,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { dir: None, default: "allow".to_owned() }
+    }
+}
+
+/// Why a configuration could not be loaded or prepared. Messages name the file, and the line and
+/// key where there is one; they never contain a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no configuration file at {}", path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A syntax, type or validation error at a place in the file.
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid { file: String, line: usize, column: usize, message: String },
+    /// An error the TOML parser could not place.
+    #[error("{file}: {message}")]
+    Unplaced { file: String, message: String },
+    #[error("{file}: no [[servers]] table; `serve` needs at least one upstream server")]
+    NoServers { file: String },
+    #[error("{file}: environment variable {variable} is not set; {place} needs it")]
+    MissingVariable { file: String, variable: String, place: Place },
+    #[error("{file}: {place} is not a valid http header value once its ${{VAR}} are substituted")]
+    InvalidHeaderValue { file: String, place: Place },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound { path: path.to_owned() }
+            } else {
+                ConfigError::Read { path: path.to_owned(), source }
+            }
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path`: messages name `path`, and relative
+    /// paths in the file (`signing_key`, `cwd`, `policy.dir`) are taken relative to its directory.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config = raw::parse(text, &path.display().to_string())?;
+        config.path = Some(path.to_owned());
+        if let Some(base) = path.parent() {
+            config.resolve_relative_paths(base);
+        }
+        Ok(config)
+    }
+
+    /// What `serve` needs beyond a valid file: at least one upstream server.
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::NoServers { file: self.file_label() });
+        }
+        Ok(())
+    }
+
+    /// The server called `name`.
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|server| server.name == name)
+    }
+
+    /// The agent whose token this is. Compares hashes in constant time.
+    pub fn agent_by_token(&self, token: &str) -> Option<&AgentConfig> {
+        let presented = token_sha256(token);
+        self.agents.iter().find(|agent| constant_time_eq(&agent.token_sha256, &presented))
+    }
+
+    /// The file name used in messages.
+    fn file_label(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => DEFAULT_FILE_NAME.to_owned(),
+        }
+    }
+
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let rebase = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(key) = &mut self.ledger.signing_key {
+            rebase(key);
+        }
+        if let Some(dir) = &mut self.policy.dir {
+            rebase(dir);
+        }
+        for server in &mut self.servers {
+            if let UpstreamTransport::Stdio { cwd: Some(cwd), .. } = &mut server.transport {
+                rebase(cwd);
+            }
+        }
+    }
+}
+
+/// Whether `name` may name a server or an agent: non-empty `[A-Za-z0-9._-]`, and not `.` or `..`
+/// (servers are served at `/mcp/<name>`, where those two would be path segments).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The lower-case hex SHA-256 of a token string, as written in `[[agents]] token_sha256`.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Keys shown, values hidden: `env` and `headers` values are secrets or point at them.
+struct RedactedMap<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedMap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|key| (key, REDACTED))).finish()
+    }
+}
+
+impl fmt::Debug for UpstreamTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamTransport::Stdio { command, env, cwd } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("env", &RedactedMap(env))
+                .field("cwd", cwd)
+                .finish(),
+            UpstreamTransport::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", &secrets::redact_url_password(url))
+                .field("headers", &RedactedMap(headers))
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("url", &self.url.as_deref().map(secrets::redact_url_password))
+            .field("signing_key", &self.signing_key)
+            .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .finish()
+    }
+}

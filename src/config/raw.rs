@@ -1,0 +1,436 @@
+//! The file as TOML has it, with the span of everything a message may need to point at, and its
+//! conversion into a validated [`Config`]. Every table denies unknown keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::secrets::{self, Place, TemplateError};
+use super::{
+    AgentConfig, AuditConfig, Config, ConfigError, LedgerConfig, ListenConfig, PolicyConfig,
+    ServerConfig, UpstreamTransport, is_valid_name,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    servers: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    agents: Vec<Spanned<RawAgent>>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    url: Option<Spanned<String>>,
+    signing_key: Option<PathBuf>,
+    lock_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addr: Option<SocketAddr>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    max_body_bytes: Option<Spanned<usize>>,
+    max_sessions: Option<Spanned<usize>>,
+    session_idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+type RawMap = Spanned<BTreeMap<Spanned<String>, Spanned<String>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    env: Option<RawMap>,
+    cwd: Option<Spanned<PathBuf>>,
+    url: Option<Spanned<String>>,
+    headers: Option<RawMap>,
+    #[serde(default)]
+    shared: bool,
+    record_methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    token_sha256: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    scan_pii: Option<bool>,
+    retention_days: Option<Spanned<u32>>,
+    retention_max_size_mb: Option<Spanned<u64>>,
+    log_tool_args: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: Option<PathBuf>,
+    default: Option<Spanned<String>>,
+}
+
+/// The text being parsed and the name messages give it.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.position(span.start).0
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError::Invalid { file: self.file.to_owned(), line, column, message: message.into() }
+    }
+
+    fn toml_error(&self, error: toml::de::Error) -> ConfigError {
+        let message = hide_string_value(&error.message().lines().collect::<Vec<_>>().join("; "));
+        match error.span() {
+            Some(span) => self.error(span, message),
+            None => ConfigError::Unplaced { file: self.file.to_owned(), message },
+        }
+    }
+
+    /// Checks the `${VAR}` syntax of a value now, so that its error can point at the line.
+    fn check_template(&self, value: &Spanned<String>, place: &Place) -> Result<(), ConfigError> {
+        secrets::substitute(value.get_ref(), &mut |_| Some(String::new())).map(drop).map_err(
+            |error| {
+                let problem = match error {
+                    TemplateError::Unterminated => {
+                        "has an unterminated `${`; write `$${` for a literal `${`"
+                    }
+                    _ => "has a `${…}` that does not hold an environment variable name (letters, digits and `_`)",
+                };
+                self.error(value.span(), format!("{place} {problem}"))
+            },
+        )
+    }
+}
+
+/// serde quotes the offending string in type errors; it could be a secret typed in the wrong
+/// place, so it is left out.
+fn hide_string_value(message: &str) -> String {
+    for prefix in ["invalid type: string \"", "invalid value: string \""] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some(end) = rest.rfind("\", expected ")
+        {
+            return format!("{}{}", &prefix[..prefix.len() - 2], &rest[end + 1..]);
+        }
+    }
+    message.to_owned()
+}
+
+/// Parses and validates a whole file. Relative paths are left as written.
+pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let source = Source { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(e))?;
+    Ok(Config {
+        ledger: ledger(&source, raw.ledger)?,
+        listen: listen(&source, raw.listen)?,
+        servers: servers(&source, raw.servers)?,
+        agents: agents(&source, raw.agents)?,
+        audit: audit(&source, raw.audit)?,
+        policy: policy(&source, raw.policy)?,
+        path: None,
+    })
+}
+
+fn ledger(source: &Source, raw: RawLedger) -> Result<LedgerConfig, ConfigError> {
+    if let Some(url) = &raw.url {
+        source.check_template(url, &Place::LedgerUrl)?;
+    }
+    let defaults = LedgerConfig::default();
+    Ok(LedgerConfig {
+        url: raw.url.map(Spanned::into_inner),
+        signing_key: raw.signing_key,
+        lock_timeout_ms: raw.lock_timeout_ms.unwrap_or(defaults.lock_timeout_ms),
+    })
+}
+
+/// A count or duration where zero would make the setting useless.
+fn at_least_one<T: PartialEq + From<u8>>(
+    source: &Source,
+    value: Option<Spanned<T>>,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        Some(value) if *value.get_ref() == T::from(0) => {
+            Err(source.error(value.span(), format!("`{key}` must be at least 1")))
+        }
+        value => Ok(value.map(Spanned::into_inner)),
+    }
+}
+
+fn listen(source: &Source, raw: RawListen) -> Result<ListenConfig, ConfigError> {
+    let defaults = ListenConfig::default();
+    Ok(ListenConfig {
+        addr: raw.addr.unwrap_or(defaults.addr),
+        allowed_origins: raw.allowed_origins.unwrap_or(defaults.allowed_origins),
+        allowed_hosts: raw.allowed_hosts.unwrap_or(defaults.allowed_hosts),
+        max_body_bytes: at_least_one(source, raw.max_body_bytes, "listen.max_body_bytes")?
+            .unwrap_or(defaults.max_body_bytes),
+        max_sessions: at_least_one(source, raw.max_sessions, "listen.max_sessions")?
+            .unwrap_or(defaults.max_sessions),
+        session_idle_timeout_secs: at_least_one(
+            source,
+            raw.session_idle_timeout_secs,
+            "listen.session_idle_timeout_secs",
+        )?
+        .unwrap_or(defaults.session_idle_timeout_secs),
+    })
+}
+
+const NAME_RULE: &str = "use letters, digits, `.`, `_` and `-`";
+
+/// Checks a server or agent name and that no earlier entry of the same kind took it.
+fn unique_name(
+    source: &Source,
+    name: &Spanned<String>,
+    kind: &str,
+    seen: &mut HashMap<String, usize>,
+) -> Result<String, ConfigError> {
+    let value = name.get_ref();
+    if !is_valid_name(value) {
+        return Err(source.error(
+            name.span(),
+            format!("{kind} name `{value}` is not url-path-safe; {NAME_RULE}"),
+        ));
+    }
+    let line = source.line(&name.span());
+    if let Some(first) = seen.insert(value.clone(), line) {
+        seen.insert(value.clone(), first);
+        return Err(source.error(
+            name.span(),
+            format!("duplicate {kind} name `{value}` (first defined at line {first})"),
+        ));
+    }
+    Ok(value.clone())
+}
+
+fn servers(
+    source: &Source,
+    raw: Vec<Spanned<RawServer>>,
+) -> Result<Vec<ServerConfig>, ConfigError> {
+    let mut seen = HashMap::new();
+    let mut servers = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let span = entry.span();
+        let raw = entry.into_inner();
+        let name = unique_name(source, &raw.name, "server", &mut seen)?;
+        let transport = match (raw.command, raw.url) {
+            (Some(_), Some(_)) => {
+                return Err(source.error(
+                    span,
+                    format!("server `{name}` has both `command` and `url`; give exactly one"),
+                ));
+            }
+            (None, None) => {
+                return Err(source.error(
+                    span,
+                    format!("server `{name}` has neither `command` nor `url`; give exactly one"),
+                ));
+            }
+            (Some(command), None) => {
+                if let Some(headers) = &raw.headers {
+                    return Err(source.error(
+                        headers.span(),
+                        format!("server `{name}`: `headers` apply only to a `url` server"),
+                    ));
+                }
+                if command.get_ref().first().is_none_or(String::is_empty) {
+                    return Err(source.error(
+                        command.span(),
+                        format!("server `{name}`: `command` must start with the program to run"),
+                    ));
+                }
+                let env = match raw.env {
+                    Some(env) => env_vars(source, &name, env)?,
+                    None => BTreeMap::new(),
+                };
+                UpstreamTransport::Stdio {
+                    command: command.into_inner(),
+                    env,
+                    cwd: raw.cwd.map(Spanned::into_inner),
+                }
+            }
+            (None, Some(url)) => {
+                for (key, span) in
+                    [("env", raw.env.map(|e| e.span())), ("cwd", raw.cwd.map(|c| c.span()))]
+                {
+                    if let Some(span) = span {
+                        return Err(source.error(
+                            span,
+                            format!("server `{name}`: `{key}` applies only to a `command` server"),
+                        ));
+                    }
+                }
+                let headers = match raw.headers {
+                    Some(headers) => headers_map(source, &name, headers)?,
+                    None => BTreeMap::new(),
+                };
+                UpstreamTransport::Http { url: http_url(source, &name, url)?, headers }
+            }
+        };
+        servers.push(ServerConfig {
+            name,
+            transport,
+            shared: raw.shared,
+            record_methods: raw.record_methods,
+        });
+    }
+    Ok(servers)
+}
+
+fn http_url(source: &Source, server: &str, url: Spanned<String>) -> Result<String, ConfigError> {
+    // The URL itself is not repeated: it may carry credentials.
+    match reqwest::Url::parse(url.get_ref()) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(url.into_inner()),
+        _ => Err(source.error(
+            url.span(),
+            format!("server `{server}`: `url` must be an absolute http:// or https:// url"),
+        )),
+    }
+}
+
+fn env_vars(
+    source: &Source,
+    server: &str,
+    raw: RawMap,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.into_inner() {
+        let name = key.get_ref();
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(source.error(
+                key.span(),
+                format!("server `{server}`: `{name}` is not an environment variable name"),
+            ));
+        }
+        let place = Place::Env { server: server.to_owned(), name: name.clone() };
+        source.check_template(&value, &place)?;
+        env.insert(key.into_inner(), value.into_inner());
+    }
+    Ok(env)
+}
+
+fn headers_map(
+    source: &Source,
+    server: &str,
+    raw: RawMap,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut headers = BTreeMap::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (key, value) in raw.into_inner() {
+        let name = key.get_ref();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(source.error(
+                key.span(),
+                format!("server `{server}`: `{name}` is not an http header name"),
+            ));
+        }
+        if let Some(first) = seen.insert(name.to_ascii_lowercase(), name.clone()) {
+            return Err(source.error(
+                key.span(),
+                format!(
+                    "server `{server}`: header `{name}` repeats `{first}` (header names ignore case)"
+                ),
+            ));
+        }
+        let place = Place::Header { server: server.to_owned(), name: name.clone() };
+        source.check_template(&value, &place)?;
+        headers.insert(key.into_inner(), value.into_inner());
+    }
+    Ok(headers)
+}
+
+fn agents(source: &Source, raw: Vec<Spanned<RawAgent>>) -> Result<Vec<AgentConfig>, ConfigError> {
+    let mut seen = HashMap::new();
+    let mut by_token: HashMap<String, String> = HashMap::new();
+    let mut agents = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let raw = entry.into_inner();
+        let name = unique_name(source, &raw.name, "agent", &mut seen)?;
+        // The value is not repeated: a token pasted here by mistake is a secret.
+        let token = raw.token_sha256.get_ref();
+        if token.len() != 64 || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(source.error(
+                raw.token_sha256.span(),
+                format!(
+                    "agent `{name}`: `token_sha256` must be 64 lower-case hex digits, the sha-256 of the token (see `mcp-ledger agents add`)"
+                ),
+            ));
+        }
+        if let Some(other) = by_token.insert(token.clone(), name.clone()) {
+            return Err(source.error(
+                raw.token_sha256.span(),
+                format!("agent `{name}` has the same `token_sha256` as agent `{other}`"),
+            ));
+        }
+        agents.push(AgentConfig { name, token_sha256: raw.token_sha256.into_inner() });
+    }
+    Ok(agents)
+}
+
+fn audit(source: &Source, raw: RawAudit) -> Result<AuditConfig, ConfigError> {
+    let defaults = AuditConfig::default();
+    Ok(AuditConfig {
+        scan_pii: raw.scan_pii.unwrap_or(defaults.scan_pii),
+        retention_days: at_least_one(source, raw.retention_days, "audit.retention_days")?,
+        retention_max_size_mb: at_least_one(
+            source,
+            raw.retention_max_size_mb,
+            "audit.retention_max_size_mb",
+        )?,
+        log_tool_args: raw.log_tool_args.unwrap_or(defaults.log_tool_args),
+    })
+}
+
+fn policy(source: &Source, raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {
+    let default = match raw.default {
+        None => PolicyConfig::default().default,
+        Some(value) if matches!(value.get_ref().as_str(), "allow" | "deny" | "hold") => {
+            value.into_inner()
+        }
+        Some(value) => {
+            return Err(source.error(
+                value.span(),
+                format!(
+                    "`policy.default` must be \"allow\", \"deny\" or \"hold\", not \"{}\"",
+                    value.get_ref().escape_debug()
+                ),
+            ));
+        }
+    };
+    Ok(PolicyConfig { dir: raw.dir, default })
+}

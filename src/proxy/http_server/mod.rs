@@ -1,0 +1,474 @@
+//! `mcp-ledger serve`: the MCP Streamable HTTP transport, one endpoint per upstream at
+//! `/mcp/{server}`, in front of the same relay that serves stdio.
+//!
+//! Served with axum directly rather than through rmcp's `StreamableHttpService`, which would
+//! require a typed `ServerHandler` and so re-serialise every message; here the bytes an agent POSTs
+//! are the bytes the relay forwards. Each downstream session has its own relay and upstream.
+
+// Handlers return `Result<_, Response>` to bail out with a finished HTTP answer; the size of
+// `Response` in a short-lived `Err` costs nothing worth boxing for.
+#![allow(clippy::result_large_err)]
+
+mod guard;
+mod session;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use guard::{ANONYMOUS, AgentTokens, AuthRejection, OriginPolicy};
+pub use session::HttpSession;
+use session::posted_requests;
+
+use super::jsonrpc::{Envelope, Kind, batch_members};
+use super::relay::relay;
+use super::upstream::{self, UpstreamSpec};
+use crate::intercept::{
+    AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, record_auth_failure,
+};
+use crate::store::writer::Ledger;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// How long an upstream gets to finish once its session ends.
+const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
+
+/// One upstream endpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub upstream: UpstreamSpec,
+    pub recorded: RecordedMethods,
+}
+
+/// Everything `serve` needs, already validated and with secrets resolved.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub endpoints: HashMap<String, Endpoint>,
+    pub agents: AgentTokens,
+    pub origins: OriginPolicy,
+    pub max_body_bytes: usize,
+    pub max_sessions: usize,
+    pub session_idle_timeout: Duration,
+}
+
+/// Shared state of the HTTP front end.
+pub struct HttpProxy {
+    settings: ServeSettings,
+    ledger: Ledger,
+    sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+}
+
+impl HttpProxy {
+    pub fn new(settings: ServeSettings, ledger: Ledger) -> Arc<Self> {
+        Arc::new(HttpProxy { settings, ledger, sessions: Mutex::default() })
+    }
+
+    /// The axum router: `/mcp/{server}` for POST, GET and DELETE, and `/healthz`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/mcp/{server}", post(handle_post).get(handle_get).delete(handle_delete))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
+            .with_state(self.clone())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().expect("lock").len()
+    }
+
+    /// Ends every session and waits for their last events to be committed.
+    pub async fn close_all(&self) {
+        let sessions: Vec<_> = self.sessions.lock().expect("lock").values().cloned().collect();
+        for session in &sessions {
+            session.close();
+        }
+        for session in sessions {
+            let _ = tokio::time::timeout(UPSTREAM_GRACE * 2, session.ended.cancelled()).await;
+        }
+    }
+
+    /// Closes sessions idle for longer than the configured timeout; run periodically.
+    pub fn expire_idle_sessions(&self) {
+        let timeout = self.settings.session_idle_timeout;
+        for session in self.sessions.lock().expect("lock").values() {
+            if session.idle_for() > timeout && !session.has_open_streams() {
+                tracing::info!(session = %session.id, agent = %session.agent, "closing an idle session");
+                session.close();
+            }
+        }
+    }
+
+    fn session(&self, id: &str) -> Option<Arc<HttpSession>> {
+        self.sessions.lock().expect("lock").get(id).cloned()
+    }
+
+    /// Starts a session for `agent` on `server`: connects the upstream and starts its relay.
+    fn start_session(
+        self: &Arc<Self>,
+        agent: &str,
+        server: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<HttpSession>, Response> {
+        if self.session_count() >= self.settings.max_sessions {
+            return Err(error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the proxy has reached its limit of {} sessions",
+                    self.settings.max_sessions
+                ),
+            ));
+        }
+        let pipe = upstream::connect(&endpoint.upstream).map_err(|error| {
+            tracing::error!(%error, %server, "cannot start the upstream");
+            error_reply(
+                StatusCode::BAD_GATEWAY,
+                &format!("cannot start the upstream server `{server}`"),
+            )
+        })?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let identity = SessionIdentity {
+            session_id: id.clone(),
+            agent: agent.to_owned(),
+            server: server.to_owned(),
+            transport: "http",
+            upstream: endpoint.upstream.describe(),
+        };
+        let recorder =
+            SessionRecorder::new(self.ledger.clone(), identity, endpoint.recorded.clone());
+        let (to_relay, from_agent) = mpsc::channel(256);
+        let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
+        let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
+        let session = HttpSession::new(id.clone(), agent.to_owned(), server.to_owned(), to_relay);
+        tokio::spawn(session.clone().dispatch(dispatcher_in));
+        tokio::spawn(async move {
+            let end =
+                relay(recorder, agent_in, relay_out, pipe.reader, pipe.writer, UPSTREAM_GRACE)
+                    .await;
+            tracing::debug!(?end, "http session relay ended");
+            upstream::reap(pipe.child, UPSTREAM_GRACE).await;
+        });
+        self.sessions.lock().expect("lock").insert(id.clone(), session.clone());
+        let proxy = Arc::downgrade(self);
+        let ended = session.ended.clone();
+        tokio::spawn(async move {
+            ended.cancelled().await;
+            if let Some(proxy) = proxy.upgrade() {
+                proxy.sessions.lock().expect("lock").remove(&id);
+            }
+        });
+        tracing::info!(session = %session.id, %agent, %server, "session started");
+        Ok(session)
+    }
+
+    /// Checks `Host`/`Origin` and the bearer token; records and refuses failures.
+    async fn admit(
+        &self,
+        server: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<(String, &Endpoint), Response> {
+        if let Err(which) = self.settings.origins.check(headers) {
+            return Err(error_reply(
+                StatusCode::FORBIDDEN,
+                &format!("the {which} header is not allowed"),
+            ));
+        }
+        let Some(endpoint) = self.settings.endpoints.get(server) else {
+            return Err(error_reply(
+                StatusCode::NOT_FOUND,
+                &format!("no MCP server named `{server}`"),
+            ));
+        };
+        match self.settings.agents.authenticate(headers) {
+            Ok(agent) => Ok((agent, endpoint)),
+            Err(rejection) => {
+                Err(self.refuse_auth(server, remote, headers, rejection.reason(), None).await)
+            }
+        }
+    }
+
+    async fn refuse_auth(
+        &self,
+        server: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+        reason: &'static str,
+        token_agent: Option<String>,
+    ) -> Response {
+        let failure = AuthFailure {
+            server: server.to_owned(),
+            remote_addr: remote.to_string(),
+            reason,
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            token_agent,
+        };
+        tracing::warn!(%server, remote = %remote, %reason, "refused an unauthenticated request");
+        if let Err(error) = record_auth_failure(&self.ledger, &failure).await {
+            tracing::error!(%error, "could not record an auth failure");
+        }
+        let mut response =
+            error_reply(StatusCode::UNAUTHORIZED, &format!("unauthorized: {reason}"));
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+
+    /// The session a request names, if it exists and belongs to `agent`.
+    async fn owned_session(
+        &self,
+        server: &str,
+        agent: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<HttpSession>>, Response> {
+        let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
+        let Some(session) = self.session(id).filter(|s| s.server == server) else {
+            // 404 tells a client its session is gone and it should initialize again.
+            return Err(error_reply(StatusCode::NOT_FOUND, "unknown or expired MCP session"));
+        };
+        if session.agent != agent {
+            let reason = "token of another agent for this session";
+            return Err(self
+                .refuse_auth(server, remote, headers, reason, Some(agent.to_owned()))
+                .await);
+        }
+        Ok(Some(session))
+    }
+}
+
+async fn handle_post(
+    State(proxy): State<Arc<HttpProxy>>,
+    Path(server): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (agent, endpoint) = match proxy.admit(&server, remote, &headers).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = proxy.settings.max_body_bytes;
+            return jsonrpc_error_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                &format!("the request body exceeds the proxy's limit of {limit} bytes"),
+            );
+        }
+        Err(rejection) => return error_reply(rejection.status(), &rejection.body_text()),
+    };
+    if Envelope::parse(&body).is_none() && batch_members(&body).is_none() {
+        return jsonrpc_error_reply(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            "the body is not a JSON-RPC message",
+        );
+    }
+    let existing = match proxy.owned_session(&server, &agent, remote, &headers).await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let (session, created) = match existing {
+        Some(session) => (session, false),
+        None if is_handshake(&body) => match proxy.start_session(&agent, &server, endpoint) {
+            Ok(session) => (session, true),
+            Err(response) => return response,
+        },
+        None => {
+            return jsonrpc_error_reply(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "missing Mcp-Session-Id header: start a session with an initialize request",
+            );
+        }
+    };
+
+    let posted = posted_requests(&body);
+    if posted.requests.is_empty() {
+        // Notifications and responses: accepted once handed to the relay, which records and
+        // forwards them in order.
+        return if session.send_to_relay(body.to_vec()).await {
+            StatusCode::ACCEPTED.into_response()
+        } else {
+            error_reply(StatusCode::NOT_FOUND, "the MCP session has ended")
+        };
+    }
+    let stream = session.open_post_stream(&posted);
+    if !session.send_to_relay(body.to_vec()).await {
+        return error_reply(StatusCode::NOT_FOUND, "the MCP session has ended");
+    }
+    let mut response = if accepts_event_stream(&headers) {
+        sse_response(stream)
+    } else {
+        json_response(stream).await
+    };
+    if created {
+        let value = HeaderValue::from_str(&session.id).expect("a hex session id is a valid header");
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+async fn handle_get(
+    State(proxy): State<Arc<HttpProxy>>,
+    Path(server): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (agent, _) = match proxy.admit(&server, remote, &headers).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    if !accepts_event_stream(&headers) {
+        return error_reply(
+            StatusCode::NOT_ACCEPTABLE,
+            "GET opens an event stream: send Accept: text/event-stream",
+        );
+    }
+    match proxy.owned_session(&server, &agent, remote, &headers).await {
+        Ok(Some(session)) => {
+            session.touch();
+            sse_response(session.open_standalone_stream())
+        }
+        Ok(None) => {
+            jsonrpc_error_reply(StatusCode::BAD_REQUEST, -32600, "missing Mcp-Session-Id header")
+        }
+        Err(response) => response,
+    }
+}
+
+async fn handle_delete(
+    State(proxy): State<Arc<HttpProxy>>,
+    Path(server): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (agent, _) = match proxy.admit(&server, remote, &headers).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    match proxy.owned_session(&server, &agent, remote, &headers).await {
+        Ok(Some(session)) => {
+            session.close();
+            // Answer once the session's end is recorded, so a client that deletes and then
+            // audits sees it.
+            let _ = tokio::time::timeout(UPSTREAM_GRACE * 2, session.ended.cancelled()).await;
+            StatusCode::OK.into_response()
+        }
+        Ok(None) => {
+            jsonrpc_error_reply(StatusCode::BAD_REQUEST, -32600, "missing Mcp-Session-Id header")
+        }
+        Err(response) => response,
+    }
+}
+
+fn is_handshake(body: &[u8]) -> bool {
+    Envelope::parse(body).is_some_and(|envelope| {
+        matches!(envelope.kind(), Kind::Request { method, .. } if SessionRecorder::is_handshake(method))
+    })
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+fn sse_response(messages: mpsc::Receiver<Bytes>) -> Response {
+    let events = ReceiverStream::new(messages).map(|message| {
+        Ok::<_, Infallible>(
+            Event::default().event("message").data(String::from_utf8_lossy(&message)),
+        )
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// For clients that accept only JSON: waits for the responses and returns them in one body.
+/// Notifications sent meanwhile cannot reach such a client and are dropped.
+async fn json_response(mut messages: mpsc::Receiver<Bytes>) -> Response {
+    let mut responses = Vec::new();
+    while let Some(message) = messages.recv().await {
+        let is_response = Envelope::parse(&message)
+            .is_some_and(|e| matches!(e.kind(), Kind::Response { .. }))
+            || batch_members(&message).is_some();
+        if is_response {
+            responses.push(message);
+        }
+    }
+    let body = match responses.len() {
+        1 => responses.pop().expect("one"),
+        _ => {
+            let parts: Vec<&[u8]> = responses.iter().map(|r| r.as_ref()).collect();
+            Bytes::from([b"[".as_slice(), &parts.join(&b","[..]), b"]"].concat())
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A plain error for requests that never became JSON-RPC traffic (auth, routing, limits).
+fn error_reply(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// A JSON-RPC error body (id null) for a message the proxy could not accept.
+fn jsonrpc_error_reply(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Serves `proxy` on `listener` until `shutdown` resolves; then stops accepting, ends every
+/// session and waits for their records.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<HttpProxy>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let reaper = {
+        let proxy = Arc::downgrade(&proxy);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                match proxy.upgrade() {
+                    Some(proxy) => proxy.expire_idle_sessions(),
+                    None => break,
+                }
+            }
+        })
+    };
+    let app = proxy.router().into_make_service_with_connect_info::<SocketAddr>();
+    // Open event streams would keep axum's graceful shutdown waiting forever: end the sessions
+    // (which closes their streams) as soon as shutdown begins.
+    let closer = proxy.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_all().await;
+    };
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    reaper.abort();
+    proxy.close_all().await;
+    result
+}
