@@ -447,9 +447,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let reaper = {
+        // Check at least twice per timeout, and at most every 30 s.
+        let every = (proxy.settings.session_idle_timeout / 2)
+            .clamp(Duration::from_millis(500), Duration::from_secs(30));
         let proxy = Arc::downgrade(&proxy);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 match proxy.upgrade() {

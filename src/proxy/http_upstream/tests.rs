@@ -94,8 +94,7 @@ impl TestServer {
 
     #[tool(description = "Asks the client's model")]
     async fn ask(&self, client: Peer<RoleServer>) -> Result<String, ErrorData> {
-        let params =
-            CreateMessageRequestParams::new(vec![SamplingMessage::user_text("2+2?")], 10);
+        let params = CreateMessageRequestParams::new(vec![SamplingMessage::user_text("2+2?")], 10);
         let result = client
             .create_message(params)
             .await
@@ -183,6 +182,7 @@ fn assert_upstream_error(line: &Value, id: Value, reason: &str) {
 
 #[tokio::test]
 async fn an_rmcp_session_flows_through_the_pipe() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("mcp_ledger=debug,rmcp=info").try_init();
     let url = rmcp_server(StreamableHttpServerConfig::default()).await;
     let mut pipe = Pipe::to(&url);
 
@@ -195,8 +195,12 @@ async fn an_rmcp_session_flows_through_the_pipe() {
     pipe.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
     let list = pipe.json().await;
     assert_eq!(list["id"], 2);
-    let names: Vec<&str> =
-        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     for tool in ["echo", "count", "ask", "slow"] {
         assert!(names.contains(&tool), "{names:?}");
     }
@@ -224,7 +228,10 @@ async fn an_rmcp_session_flows_through_the_pipe() {
     assert_eq!(answer["result"]["content"][0]["text"], "counted");
 
     // A server-to-client request comes out as a line; the line answering it completes the call.
-    pipe.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ask","arguments":{}}}"#).await;
+    pipe.send(
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ask","arguments":{}}}"#,
+    )
+    .await;
     let sampling = pipe.json().await;
     assert_eq!(sampling["method"], "sampling/createMessage", "{sampling}");
     let reply = json!({"jsonrpc":"2.0","id":sampling["id"],"result":{
@@ -237,6 +244,7 @@ async fn an_rmcp_session_flows_through_the_pipe() {
     // Unknown methods reach the server, and its own error comes back.
     pipe.send(r#"{"jsonrpc":"2.0","id":6,"method":"x/unknown","params":{"y":1}}"#).await;
     let answer = pipe.json().await;
+    eprintln!("UNKNOWN: {answer}");
     assert_eq!(answer["id"], 6, "{answer}");
     assert!(answer["error"].is_object(), "{answer}");
 
@@ -247,8 +255,9 @@ async fn an_rmcp_session_flows_through_the_pipe() {
 #[tokio::test]
 async fn a_slow_request_does_not_hold_up_the_next() {
     // Stateless JSON-response mode: the server answers each POST only when its tool is done.
-    let config =
-        StreamableHttpServerConfig::default().with_legacy_session_mode(false).with_json_response(true);
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
     let url = rmcp_server(config).await;
     let mut pipe = Pipe::to(&url);
     pipe.send(&initialize(1, "2025-06-18")).await;
@@ -342,7 +351,9 @@ const INIT_RESULT: &str = "{\r\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"resul
 
 /// Answers `initialize` with a session, notifications with 202, and GET with 405; everything
 /// else goes to `rest`.
-fn session_mock(rest: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> impl Fn(&Seen) -> Response + Send + Sync + 'static {
+fn session_mock(
+    rest: impl Fn(&Seen) -> Response + Send + Sync + 'static,
+) -> impl Fn(&Seen) -> Response + Send + Sync + 'static {
     move |seen: &Seen| match (&seen.method, seen.rpc_method().as_str()) {
         (&Method::POST, "initialize") => {
             let mut response = json_body(INIT_RESULT);
@@ -441,7 +452,8 @@ async fn an_unreachable_upstream_answers_requests_with_errors() {
 
 #[tokio::test]
 async fn http_errors_become_error_responses() {
-    let server_error = r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"bad arguments"}}"#;
+    let server_error =
+        r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"bad arguments"}}"#;
     let (url, _) = mock(move |seen| match seen.rpc_method().as_str() {
         "tools/call" => respond(StatusCode::BAD_REQUEST, "application/json", server_error),
         _ => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "boom"),
@@ -486,27 +498,26 @@ const PROGRESS: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","pa
 
 #[tokio::test]
 async fn a_broken_stream_resumes_from_the_last_event_id() {
-    let (url, seen) = mock(session_mock(|seen| match (&seen.method, seen.header("last-event-id")) {
-        (&Method::POST, _) => sse(&format!("id: ev-1\nretry: 20\ndata: {PROGRESS}\n\n"), false),
-        (&Method::GET, Some("ev-1")) => {
-            // The response, split over two data fields.
-            sse("id: ev-2\ndata: {\"jsonrpc\":\"2.0\",\ndata: \"id\":7,\"result\":{}}\n\n", false)
-        }
-        _ => status(StatusCode::BAD_REQUEST),
-    }))
-    .await;
+    let (url, seen) =
+        mock(session_mock(|seen| match (&seen.method, seen.header("last-event-id")) {
+            (&Method::POST, _) => sse(&format!("id: ev-1\nretry: 20\ndata: {PROGRESS}\n\n"), false),
+            (&Method::GET, Some("ev-1")) => {
+                // The response, split over two data fields.
+                sse(
+                    "id: ev-2\ndata: {\"jsonrpc\":\"2.0\",\ndata: \"id\":7,\"result\":{}}\n\n",
+                    false,
+                )
+            }
+            _ => status(StatusCode::BAD_REQUEST),
+        }))
+        .await;
     let mut pipe = Pipe::to(&url);
     start_session(&mut pipe).await;
     pipe.send(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#).await;
     assert_eq!(pipe.line().await.unwrap(), PROGRESS);
     assert_eq!(pipe.line().await.unwrap(), r#"{"jsonrpc":"2.0","id":7,"result":{}}"#);
-    let resumed = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|s| s.header("last-event-id").is_some())
-        .cloned()
-        .unwrap();
+    let resumed =
+        seen.lock().unwrap().iter().find(|s| s.header("last-event-id").is_some()).cloned().unwrap();
     assert_eq!(resumed.method, Method::GET);
     assert_eq!(resumed.header("accept"), Some("text/event-stream"));
     assert_eq!(resumed.header("mcp-session-id"), Some("sess-1"));
@@ -549,7 +560,8 @@ async fn cancelled_requests_are_not_answered_in_the_servers_stead() {
     let mut pipe = Pipe::to(&url);
     start_session(&mut pipe).await;
     pipe.send(r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"x"}}"#).await;
-    pipe.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":12}}"#).await;
+    pipe.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":12}}"#)
+        .await;
     pipe.close().await;
     // The stream never answers; at shutdown nothing is made up for the cancelled call.
     pipe.assert_ended().await;
@@ -602,7 +614,8 @@ async fn the_relay_records_calls_to_an_http_upstream() {
         Duration::from_secs(5),
     ));
     let (agent_in, agent_out) = tokio::io::split(agent);
-    let mut pipe = Pipe { reader: Box::pin(BufReader::new(agent_in)), writer: Some(Box::pin(agent_out)) };
+    let mut pipe =
+        Pipe { reader: Box::pin(BufReader::new(agent_in)), writer: Some(Box::pin(agent_out)) };
 
     pipe.send(&initialize(1, "2025-11-25")).await;
     assert_eq!(pipe.json().await["id"], 1);
