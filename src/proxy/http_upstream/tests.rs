@@ -92,6 +92,15 @@ impl TestServer {
         Ok("counted".to_owned())
     }
 
+    #[tool(description = "Announces a tool list change shortly after answering")]
+    async fn announce(&self, client: Peer<RoleServer>) -> String {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = client.notify_tool_list_changed().await;
+        });
+        "announcing".to_owned()
+    }
+
     #[tool(description = "Asks the client's model")]
     async fn ask(&self, client: Peer<RoleServer>) -> Result<String, ErrorData> {
         let params = CreateMessageRequestParams::new(vec![SamplingMessage::user_text("2+2?")], 10);
@@ -182,7 +191,6 @@ fn assert_upstream_error(line: &Value, id: Value, reason: &str) {
 
 #[tokio::test]
 async fn an_rmcp_session_flows_through_the_pipe() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("mcp_ledger=debug,rmcp=info").try_init();
     let url = rmcp_server(StreamableHttpServerConfig::default()).await;
     let mut pipe = Pipe::to(&url);
 
@@ -244,9 +252,14 @@ async fn an_rmcp_session_flows_through_the_pipe() {
     // Unknown methods reach the server, and its own error comes back.
     pipe.send(r#"{"jsonrpc":"2.0","id":6,"method":"x/unknown","params":{"y":1}}"#).await;
     let answer = pipe.json().await;
-    eprintln!("UNKNOWN: {answer}");
     assert_eq!(answer["id"], 6, "{answer}");
-    assert!(answer["error"].is_object(), "{answer}");
+    assert_eq!(answer["error"]["code"], -32601, "{answer}");
+
+    // A message the server sends on its own arrives over the standalone GET stream.
+    pipe.send(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"announce","arguments":{}}}"#).await;
+    assert_eq!(pipe.json().await["id"], 7);
+    let announced = pipe.json().await;
+    assert_eq!(announced["method"], "notifications/tools/list_changed", "{announced}");
 
     pipe.close().await;
     pipe.assert_ended().await;
@@ -617,8 +630,8 @@ async fn the_relay_records_calls_to_an_http_upstream() {
     let mut pipe =
         Pipe { reader: Box::pin(BufReader::new(agent_in)), writer: Some(Box::pin(agent_out)) };
 
-    pipe.send(&initialize(1, "2025-11-25")).await;
-    assert_eq!(pipe.json().await["id"], 1);
+    pipe.send(&initialize(1, "2025-03-26")).await;
+    assert_eq!(pipe.json().await["result"]["protocolVersion"], "2025-03-26");
     pipe.send(INITIALIZED).await;
     pipe.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"recorded"}}}"#).await;
     let answer = pipe.json().await;
