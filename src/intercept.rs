@@ -13,7 +13,7 @@ use crate::record::{Draft, EventType, Payload};
 use crate::store::writer::{AppendError, Ledger};
 
 /// Which side sent a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// A request from the agent (MCP client) to the upstream server.
     FromAgent,

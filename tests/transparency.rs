@@ -27,25 +27,21 @@ fn fixture() -> String {
 }
 
 async fn start() -> Setup {
+    start_with(&[]).await
+}
+
+async fn start_with(extra: &[&str]) -> Setup {
     let ledger = TestLedger::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let upstream_log = dir.path().join("upstream.log");
-    let args: Vec<String> = [
-        "stdio",
-        "--ledger",
-        &ledger.url_string(),
-        "--agent",
-        "a1",
-        "--server",
-        "scripted",
-        "--",
-        "node",
-        &fixture(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    // SAFETY of the environment: set for this child only.
+    let url = ledger.url_string();
+    let fixture = fixture();
+    let mut args: Vec<&str> =
+        vec!["stdio", "--ledger", &url, "--agent", "a1", "--server", "scripted"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "node", &fixture]);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    // The upstream's log path is set for this child only.
     let mut client = LineClient::spawn_with_env(
         BIN,
         &args,
@@ -219,4 +215,37 @@ async fn an_upstream_crash_answers_in_flight_calls_and_records_them() {
     let events: Vec<_> = store.events().try_collect().await.unwrap();
     assert_eq!(events.last().unwrap().event_type, "session_end");
     assert!(mcp_ledger::record::verify::verify_all(&events).intact());
+}
+
+#[tokio::test]
+async fn a_call_the_upstream_sits_on_times_out_with_a_recorded_error() {
+    let mut s = start_with(&["--call-timeout-secs", "1"]).await;
+    let (slow_id, slow) =
+        s.client.request_message("tools/call", json!({"name": "slow", "arguments": {"ms": 2500}}));
+    s.client.send(&slow).await;
+    let reply = s.client.recv().await;
+    assert_eq!(reply["id"], slow_id);
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(reply["error"]["data"]["mcp_ledger"], "timeout");
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("did not answer within 1 s"),
+        "{reply}"
+    );
+
+    // The late answer is dropped (the agent already has its error); the session goes on.
+    let ok = s.client.request("vendor/after", json!({})).await;
+    assert_eq!(ok["result"]["echoed"], "vendor/after");
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let again = s.client.request("vendor/again", json!({})).await;
+    assert_eq!(
+        again["result"]["echoed"], "vendor/again",
+        "no stray late response came first: {again}"
+    );
+    s.client.close().await;
+
+    let store = s.ledger.open().await;
+    let rows = store.provenance(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "no_response");
+    assert!(rows[0].error.as_deref().unwrap().contains("did not answer within 1 s"), "{rows:#?}");
 }

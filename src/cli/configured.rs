@@ -57,6 +57,11 @@ pub fn upstream_spec(server: &ServerConfig) -> Result<UpstreamSpec, CliError> {
     })
 }
 
+/// `call_timeout_secs`, where 0 means no limit.
+pub fn call_timeout(server: &ServerConfig) -> Option<std::time::Duration> {
+    (server.call_timeout_secs > 0).then(|| std::time::Duration::from_secs(server.call_timeout_secs))
+}
+
 pub fn recorded_methods(server: &ServerConfig) -> RecordedMethods {
     match &server.record_methods {
         None => RecordedMethods::default(),

@@ -52,6 +52,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         let endpoint = Endpoint {
             upstream: configured::upstream_spec(server)?,
             recorded: configured::recorded_methods(server),
+            call_timeout: configured::call_timeout(server),
         };
         if server.shared {
             tracing::warn!(server = %server.name, "`shared = true` is not supported yet: each session gets its own upstream");

@@ -6,6 +6,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 
 use super::{CliError, LedgerArgs, configured, exit};
+use crate::config::DEFAULT_CALL_TIMEOUT_SECS;
 use crate::intercept::{RecordedMethods, SessionIdentity, SessionRecorder};
 use crate::proxy::relay::RelayEnd;
 use crate::proxy::stdio::{serve_stdio, server_name_from_command};
@@ -31,6 +32,10 @@ pub struct StdioArgs {
     /// [default: 5000, or the file's lock_timeout_ms]
     #[arg(long, value_name = "MS")]
     lock_timeout_ms: Option<u64>,
+    /// How long a recorded call may go unanswered before the agent gets an error (0: no limit)
+    /// [default: 600, or the server's call_timeout_secs]
+    #[arg(long, value_name = "SECS")]
+    call_timeout_secs: Option<u64>,
     /// The upstream MCP server to start, after `--`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -43,6 +48,7 @@ struct Plan {
     recorded: RecordedMethods,
     ledger_url: store::LedgerUrl,
     lock_timeout_ms: u64,
+    call_timeout_secs: u64,
 }
 
 fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
@@ -60,6 +66,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
             recorded: RecordedMethods::default(),
             ledger_url,
             lock_timeout_ms,
+            call_timeout_secs: args.call_timeout_secs.unwrap_or(DEFAULT_CALL_TIMEOUT_SECS),
         });
     }
     let (Some(config), Some(name)) = (&config, &args.server) else {
@@ -83,6 +90,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
         recorded: configured::recorded_methods(server),
         ledger_url,
         lock_timeout_ms,
+        call_timeout_secs: args.call_timeout_secs.unwrap_or(server.call_timeout_secs),
     })
 }
 
@@ -109,7 +117,9 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     };
     tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, session_id = %identity.session_id, "recording session");
     let recorder = SessionRecorder::new(ledger, identity, plan.recorded);
-    let end = serve_stdio(recorder, pipe).await;
+    let call_timeout = (plan.call_timeout_secs > 0)
+        .then(|| std::time::Duration::from_secs(plan.call_timeout_secs));
+    let end = serve_stdio(recorder, pipe, call_timeout).await;
     // Every handle to the writer is gone once the relay returns: wait for the last commits.
     let _ = writer.await;
     store.close().await;

@@ -71,7 +71,14 @@ pub struct ServerConfig {
     pub shared: bool,
     /// Methods recorded besides `tools/call`; `None` means the default set.
     pub record_methods: Option<Vec<String>>,
+    /// How long a recorded call may wait for its response before the proxy answers it with an
+    /// error (and records that); 0 waits forever.
+    pub call_timeout_secs: u64,
 }
+
+/// The default `call_timeout_secs`: long enough for slow tools, short enough that a hung upstream
+/// does not hold an agent forever.
+pub const DEFAULT_CALL_TIMEOUT_SECS: u64 = 600;
 
 /// How to reach an upstream: in TOML, `command` (+ `env`, `cwd`) or `url` (+ `headers`).
 #[derive(Clone, PartialEq, Eq)]

@@ -65,6 +65,7 @@ struct RawServer {
     #[serde(default)]
     shared: bool,
     record_methods: Option<Vec<String>>,
+    call_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +308,7 @@ fn servers(
             transport,
             shared: raw.shared,
             record_methods: raw.record_methods,
+            call_timeout_secs: raw.call_timeout_secs.unwrap_or(super::DEFAULT_CALL_TIMEOUT_SECS),
         });
     }
     Ok(servers)

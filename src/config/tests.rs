@@ -79,6 +79,7 @@ fn the_design_example_parses_into_the_documented_shape() {
                 },
                 shared: false,
                 record_methods: None,
+                call_timeout_secs: DEFAULT_CALL_TIMEOUT_SECS,
             },
             ServerConfig {
                 name: "crm".into(),
@@ -88,6 +89,7 @@ fn the_design_example_parses_into_the_documented_shape() {
                 },
                 shared: false,
                 record_methods: None,
+                call_timeout_secs: DEFAULT_CALL_TIMEOUT_SECS,
             },
         ]
     );
@@ -186,7 +188,7 @@ fn unknown_keys_are_named_with_their_line() {
     );
     assert_eq!(
         error("[[servers]]\nname = \"a\"\ncommand = [\"x\"]\n  enviroment = {}\n"),
-        "mcp-ledger.toml:4:3: unknown field `enviroment`, expected one of `name`, `command`, `env`, `cwd`, `url`, `headers`, `shared`, `record_methods`"
+        "mcp-ledger.toml:4:3: unknown field `enviroment`, expected one of `name`, `command`, `env`, `cwd`, `url`, `headers`, `shared`, `record_methods`, `call_timeout_secs`"
     );
     assert_eq!(
         error("[listen]\n\n[server]\nname = \"a\"\n"),

@@ -219,7 +219,7 @@ async fn run(up: Arc<Upstream>, input: DuplexStream, close: CancellationToken) {
         if initialize {
             listen_after_next = up.initialized();
         } else if std::mem::take(&mut listen_after_next) && listener.is_none() {
-            listener = Some(tokio::spawn(async {}));
+            listener = Some(tokio::spawn(listen(up.clone())));
         }
     }
     // The agent's further lines have nowhere to go.

@@ -61,9 +61,26 @@ enum Step {
     Recording(JoinHandle<Outcome>),
 }
 
+/// How a relay behaves beyond moving lines.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    /// When the agent closes first, how long the upstream gets to finish what it is sending.
+    pub grace: Duration,
+    /// How long a recorded request may wait for its response before the relay answers it with
+    /// an error and records that it went unanswered. `None` waits forever.
+    pub call_timeout: Option<Duration>,
+}
+
 /// State shared by both directions of one session.
 struct Shared {
     recorder: SessionRecorder,
+    call_timeout: Option<Duration>,
+    /// Where answers the relay makes itself go; weak, so that they never keep a peer's writer
+    /// open after the relay ended.
+    to_agent: mpsc::WeakSender<Vec<u8>>,
+    to_upstream: mpsc::WeakSender<Vec<u8>>,
+    /// Calls already answered by a timeout, whose late responses must not be passed on.
+    timed_out: Mutex<std::collections::HashSet<(Direction, String)>>,
     /// Recorded requests from the agent, by id, waiting for the upstream's response.
     open_from_agent: Mutex<HashMap<String, OpenCall>>,
     /// Recorded requests from the upstream, by id, waiting for the agent's response.
@@ -77,6 +94,14 @@ impl Shared {
         match sender {
             Direction::FromAgent => &self.open_from_agent,
             Direction::FromServer => &self.open_from_server,
+        }
+    }
+
+    /// The peer that sent requests travelling in `direction`, for answering them.
+    fn requester(&self, direction: Direction) -> Option<mpsc::Sender<Vec<u8>>> {
+        match direction {
+            Direction::FromAgent => self.to_agent.upgrade(),
+            Direction::FromServer => self.to_upstream.upgrade(),
         }
     }
 }
@@ -100,14 +125,38 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
+    let options = RelayOptions { grace, call_timeout: None };
+    relay_with(options, recorder, agent_in, agent_out, up_in, up_out).await
+}
+
+/// [`relay`] with every option.
+pub async fn relay_with<AR, AW, UR, UW>(
+    options: RelayOptions,
+    recorder: SessionRecorder,
+    agent_in: AR,
+    agent_out: AW,
+    up_in: UR,
+    up_out: UW,
+) -> RelayEnd
+where
+    AR: AsyncBufRead + Unpin + Send + 'static,
+    AW: AsyncWrite + Unpin + Send + 'static,
+    UR: AsyncBufRead + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    let grace = options.grace;
+    let (to_agent, agent_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
+    let (to_upstream, upstream_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
     let shared = Arc::new(Shared {
         recorder,
+        call_timeout: options.call_timeout,
+        to_agent: to_agent.downgrade(),
+        to_upstream: to_upstream.downgrade(),
+        timed_out: Mutex::default(),
         open_from_agent: Mutex::default(),
         open_from_server: Mutex::default(),
         handshakes: Mutex::default(),
     });
-    let (to_agent, agent_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
-    let (to_upstream, upstream_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
     let (close_upstream, upstream_closing) = oneshot::channel();
     let agent_writer = tokio::spawn(write_lines(agent_outbox, agent_out, None));
     let upstream_writer =
@@ -346,6 +395,16 @@ fn plan_message(
                         .await;
                     match call {
                         Ok(call) => {
+                            if let Some(limit) = shared.call_timeout {
+                                let watch = expire_call(
+                                    Arc::downgrade(&shared),
+                                    sender,
+                                    id.clone(),
+                                    call.call_id.clone(),
+                                    limit,
+                                );
+                                tokio::spawn(watch);
+                            }
                             shared.open_calls(sender).lock().expect("lock").insert(id_key(&id), call);
                             Outcome::forward(raw)
                         }
@@ -381,6 +440,12 @@ fn plan_message(
                     ));
                 }
             }
+            if shared.timed_out.lock().expect("lock").remove(&(requester, key.clone())) {
+                // The requester already got a timeout error for this id; a second answer would
+                // confuse it, and this one was never recorded.
+                tracing::warn!(id = %key, "dropping a response that came after its call timed out");
+                return Some(async { Outcome::default() }.boxed());
+            }
             let call = shared.open_calls(requester).lock().expect("lock").remove(&key)?;
             let shared = shared.clone();
             let id = id.to_owned();
@@ -411,6 +476,43 @@ fn plan_message(
             )
         }
         Kind::Notification { .. } | Kind::Other => None,
+    }
+}
+
+/// Answers a recorded request that is still open after `limit`, and records that it went
+/// unanswered. Holds the relay only weakly: a finished relay settles its calls itself.
+async fn expire_call(
+    shared: std::sync::Weak<Shared>,
+    direction: Direction,
+    id: Box<RawValue>,
+    call_id: String,
+    limit: Duration,
+) {
+    tokio::time::sleep(limit).await;
+    let Some(shared) = shared.upgrade() else { return };
+    let key = id_key(&id);
+    let call = {
+        let mut open = shared.open_calls(direction).lock().expect("lock");
+        match open.get(&key) {
+            Some(call) if call.call_id == call_id => open.remove(&key),
+            _ => None,
+        }
+    };
+    let Some(call) = call else { return };
+    shared.timed_out.lock().expect("lock").insert((direction, key));
+    let who = match direction {
+        Direction::FromAgent => "the upstream MCP server",
+        Direction::FromServer => "the agent",
+    };
+    let reason = format!("{who} did not answer within {} s", limit.as_secs());
+    tracing::warn!(call_id = %call.call_id, %reason, "call timed out");
+    if let Err(error) =
+        shared.recorder.finish(&call, Completion::NoResponse { reason: &reason }).await
+    {
+        tracing::error!(%error, call_id = %call.call_id, "could not record a timed-out call");
+    }
+    if let Some(requester) = shared.requester(direction) {
+        let _ = requester.send(error_response(&id, UPSTREAM_GONE, &reason, "timeout")).await;
     }
 }
 

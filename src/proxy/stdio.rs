@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::BufReader;
 
-use super::relay::{RelayEnd, relay};
+use super::relay::{RelayEnd, RelayOptions, relay_with};
 use super::upstream::{UpstreamPipe, reap};
 use crate::intercept::SessionRecorder;
 
@@ -24,14 +24,19 @@ pub enum StdioError {
 
 /// Relays this process's stdin/stdout to the upstream until either side closes, then stops
 /// the upstream.
-pub async fn serve_stdio(recorder: SessionRecorder, upstream: UpstreamPipe) -> RelayEnd {
-    let end = relay(
+pub async fn serve_stdio(
+    recorder: SessionRecorder,
+    upstream: UpstreamPipe,
+    call_timeout: Option<Duration>,
+) -> RelayEnd {
+    let options = RelayOptions { grace: SHUTDOWN_GRACE, call_timeout };
+    let end = relay_with(
+        options,
         recorder,
         BufReader::new(tokio::io::stdin()),
         tokio::io::stdout(),
         upstream.reader,
         upstream.writer,
-        SHUTDOWN_GRACE,
     )
     .await;
     reap(upstream.child, SHUTDOWN_GRACE).await;

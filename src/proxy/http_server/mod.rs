@@ -36,7 +36,7 @@ pub use session::HttpSession;
 use session::posted_requests;
 
 use super::jsonrpc::{Envelope, Kind, batch_members};
-use super::relay::relay;
+use super::relay::{RelayOptions, relay_with};
 use super::upstream::{self, UpstreamSpec};
 use crate::intercept::{
     AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, record_auth_failure,
@@ -53,6 +53,8 @@ const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
 pub struct Endpoint {
     pub upstream: UpstreamSpec,
     pub recorded: RecordedMethods,
+    /// How long a recorded call may go unanswered; `None` waits forever.
+    pub call_timeout: Option<Duration>,
 }
 
 /// Everything `serve` needs, already validated and with secrets resolved.
@@ -154,11 +156,12 @@ impl HttpProxy {
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
         let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
         let session = HttpSession::new(id.clone(), agent.to_owned(), server.to_owned(), to_relay);
+        let call_timeout = endpoint.call_timeout;
         tokio::spawn(session.clone().dispatch(dispatcher_in));
         tokio::spawn(async move {
+            let options = RelayOptions { grace: UPSTREAM_GRACE, call_timeout };
             let end =
-                relay(recorder, agent_in, relay_out, pipe.reader, pipe.writer, UPSTREAM_GRACE)
-                    .await;
+                relay_with(options, recorder, agent_in, relay_out, pipe.reader, pipe.writer).await;
             tracing::debug!(?end, "http session relay ended");
             upstream::reap(pipe.child, UPSTREAM_GRACE).await;
         });
