@@ -51,7 +51,7 @@ pub struct Options {
 }
 
 pub struct Files {
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     pub config: PathBuf,
     pub call_log: PathBuf,
     pub upstream_log: PathBuf,
@@ -104,7 +104,7 @@ pub fn write_config(options: &Options) -> Files {
     }
     let config = dir.path().join("mcp-ledger.toml");
     std::fs::write(&config, text).expect("write config");
-    Files { dir, config, call_log, upstream_log, ledger }
+    Files { _dir: dir, config, call_log, upstream_log, ledger }
 }
 
 /// A `serve` child process with its output collected by threads.
@@ -211,7 +211,6 @@ impl Drop for Launched {
 pub struct Serve {
     pub process: Launched,
     pub files: Files,
-    pub port: u16,
     pub http: Http,
 }
 
@@ -246,7 +245,7 @@ impl Serve {
         served.sort();
         assert_eq!(served, [DEMO, UP]);
         let port = port.expect("a port");
-        Serve { process, files, port, http: Http::new(port) }
+        Serve { process, files, http: Http::new(port) }
     }
 
     /// SIGTERM, and the exit status (bounded wait).
@@ -570,7 +569,8 @@ impl Mcp {
 
     /// Opens the standalone GET stream of `session`.
     pub async fn open_stream(&self, session: &str) -> EventStream {
-        let request = self.request(Method::GET, Some(session)).header("accept", "text/event-stream");
+        let request =
+            self.request(Method::GET, Some(session)).header("accept", "text/event-stream");
         let response = tokio::time::timeout(QUICK, request.send())
             .await
             .expect("GET answered in time")

@@ -73,11 +73,18 @@ pub struct HttpProxy {
     settings: ServeSettings,
     ledger: Ledger,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// The implicit session of each (agent, endpoint) for stateless-revision clients.
+    implicit: Mutex<HashMap<(String, String), String>>,
 }
 
 impl HttpProxy {
     pub fn new(settings: ServeSettings, ledger: Ledger) -> Arc<Self> {
-        Arc::new(HttpProxy { settings, ledger, sessions: Mutex::default() })
+        Arc::new(HttpProxy {
+            settings,
+            ledger,
+            sessions: Mutex::default(),
+            implicit: Mutex::default(),
+        })
     }
 
     /// The axum router: `/mcp/{server}` for POST, GET and DELETE, and `/healthz`.
@@ -175,6 +182,31 @@ impl HttpProxy {
             }
         });
         tracing::info!(session = %session.id, %agent, %server, "session started");
+        Ok(session)
+    }
+
+    /// The implicit session of `agent` on `server`, started on first use.
+    fn implicit_session(
+        self: &Arc<Self>,
+        agent: &str,
+        server: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<HttpSession>, Response> {
+        let key = (agent.to_owned(), server.to_owned());
+        let existing = self.implicit.lock().expect("lock").get(&key).cloned();
+        if let Some(session) = existing.and_then(|id| self.session(&id)) {
+            return Ok(session);
+        }
+        let session = self.start_session(agent, server, endpoint)?;
+        self.implicit.lock().expect("lock").insert(key.clone(), session.id.clone());
+        let proxy = Arc::downgrade(self);
+        let (ended, id) = (session.ended.clone(), session.id.clone());
+        tokio::spawn(async move {
+            ended.cancelled().await;
+            if let Some(proxy) = proxy.upgrade() {
+                proxy.implicit.lock().expect("lock").retain(|_, current| *current != id);
+            }
+        });
         Ok(session)
     }
 
@@ -294,8 +326,14 @@ async fn handle_post(
     };
     let (session, created) = match existing {
         Some(session) => (session, false),
-        None if is_handshake(&body) => match proxy.start_session(&agent, &server, endpoint) {
+        None if is_initialize(&body) => match proxy.start_session(&agent, &server, endpoint) {
             Ok(session) => (session, true),
+            Err(response) => return response,
+        },
+        // The stateless revision (2026-07-28) has no session header: its requests share one
+        // implicit session per agent and endpoint, which still records them as one session.
+        None if is_stateless(&body) => match proxy.implicit_session(&agent, &server, endpoint) {
+            Ok(session) => (session, false),
             Err(response) => return response,
         },
         None => {
@@ -386,10 +424,29 @@ async fn handle_delete(
     }
 }
 
-fn is_handshake(body: &[u8]) -> bool {
+fn is_initialize(body: &[u8]) -> bool {
     Envelope::parse(body).is_some_and(|envelope| {
-        matches!(envelope.kind(), Kind::Request { method, .. } if SessionRecorder::is_handshake(method))
+        matches!(envelope.kind(), Kind::Request { method: "initialize", .. })
     })
+}
+
+/// Whether a message without a session header belongs to the stateless revision: it is
+/// `server/discover`, or it names its protocol version in `_meta` as that revision requires.
+fn is_stateless(body: &[u8]) -> bool {
+    let Some(envelope) = Envelope::parse(body) else { return false };
+    if envelope.method.as_deref() == Some("server/discover") {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "_meta")]
+        meta: Option<HashMap<&'a str, &'a serde_json::value::RawValue>>,
+    }
+    envelope
+        .params
+        .and_then(|p| serde_json::from_str::<Params>(p.get()).ok())
+        .and_then(|p| p.meta)
+        .is_some_and(|meta| meta.contains_key("io.modelcontextprotocol/protocolVersion"))
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
