@@ -54,8 +54,12 @@ async fn everything_server_is_unchanged_and_fully_recorded_through_the_proxy() {
 
     let mut checks = Checks::default();
     compare_runs(&direct, &proxied, &mut checks);
-    let recorded =
-        Recorded { agent: "e2e-agent", server: "everything", transport: "stdio", upstream: "stdio" };
+    let recorded = Recorded {
+        agent: "e2e-agent",
+        server: "everything",
+        transport: "stdio",
+        upstream: "stdio",
+    };
     check_ledger(&ledger, &proxied, &recorded, &mut checks).await;
     checks.finish(&[&direct, &proxied]);
 }
@@ -70,6 +74,8 @@ fn base64_decoding_and_time_of_day_normalisation() {
         // "Resource 1: This is a base64 blob created at 9:00:00 AM"
         "blob": "UmVzb3VyY2UgMTogVGhpcyBpcyBhIGJhc2U2NCBibG9iIGNyZWF0ZWQgYXQgOTowMDowMCBBTQ==",
         "other": "created at noon",
+        "session": "Stopped simulated logging for session 8c6a9703-5262-4bdc-b020-5b1f7c391b53",
+        "no session": "Stopped simulated logging for session undefined",
     });
     normalise(&mut value);
     assert_eq!(
@@ -78,6 +84,8 @@ fn base64_decoding_and_time_of_day_normalisation() {
             "text": "Resource 2: This is a plaintext resource created at <time of day>",
             "blob": "<base64 of: Resource 1: This is a base64 blob created at <time of day>>",
             "other": "created at noon",
+            "session": "Stopped simulated logging for session <session id>",
+            "no session": "Stopped simulated logging for session undefined",
         })
     );
 }

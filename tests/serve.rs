@@ -405,6 +405,37 @@ async fn each_session_has_its_own_upstream_and_delete_ends_it() {
     // Per-process state is not shared.
     let count = |v: Value| v["result"]["structuredContent"]["count"].as_u64().unwrap();
     assert_eq!(count(m.call(&s1, 2, "count", json!({})).await), 1);
+    // Write-ahead: the agent has the result, so its record is committed.
+    let events = serve.events().await;
+    let counted = tool_calls(&events, "count");
+    assert_eq!(counted.len(), 1);
+    let result = results_of(&events, counted[0]);
+    assert_eq!(result.len(), 1, "the result is committed before the agent gets it");
+    assert_eq!(result[0].data["outcome"], "ok");
+    // A client that accepts only JSON gets the response as a plain JSON body.
+    let reply = send(
+        serve
+            .http
+            .client
+            .post(format!("{}/mcp/{UP}", serve.http.base))
+            .bearer_auth(&alice.token)
+            .header("mcp-session-id", &s1)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .body(call_body(21, "whoami", json!({}))),
+        QUICK,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert!(reply.header("content-type").unwrap().starts_with("application/json"), "{reply:?}");
+    assert_eq!(reply.json()["result"]["structuredContent"]["pid"], pid1);
+    // A session belongs to its endpoint.
+    let reply = serve
+        .mcp(DEMO, Some(&alice))
+        .post(Some(&s1), &call_body(22, "lookup_customer", json!({"customer_id": "cus_1001"})))
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "another endpoint's session: {reply:?}");
+    assert!(serve.call_log().is_empty());
     assert_eq!(count(m.call(&s1, 3, "count", json!({})).await), 2);
     assert_eq!(count(m.call(&s2, 2, "count", json!({})).await), 1);
 
@@ -567,6 +598,14 @@ async fn an_upstream_crash_answers_every_open_call_and_a_new_session_works() {
     let crash = m.post(Some(&session), &call_body(3, "crash", json!({}))).await;
     assert_eq!(crash.status, StatusCode::OK, "{crash:?}");
     assert_jsonrpc_error(&crash.response(&json!(3)), 3);
+    // Write-ahead: the agent has the error, so the result is already committed.
+    let events = serve.events().await;
+    let crashed = tool_calls(&events, "crash");
+    assert_eq!(
+        results_of(&events, crashed[0]).len(),
+        1,
+        "crash's result committed before the reply"
+    );
     let hang = tokio::time::timeout(Duration::from_secs(10), hanging)
         .await
         .expect("the hanging call is answered after the crash")
@@ -743,4 +782,55 @@ async fn sigterm_ends_open_sessions_and_exits_zero() {
     assert!(ended.is_ok(), "the GET stream ended");
     let (code, out, err) = run_cli(&["verify", "--ledger", &files.ledger.url_string()]);
     assert_eq!(code, 0, "verify: {out}{err}");
+}
+
+// Probes beyond the brief.
+
+#[tokio::test]
+async fn a_dropped_get_stream_does_not_keep_an_idle_session_alive() {
+    let alice = AgentCred::new("alice");
+    let serve = Serve::start(Options {
+        agents: vec![alice.clone()],
+        listen: vec!["session_idle_timeout_secs = 1".into()],
+        ..Options::default()
+    })
+    .await;
+    let m = serve.mcp(UP, Some(&alice));
+    let session = m.initialize().await;
+    let stream = m.open_stream(&session).await;
+    drop(stream); // the client went away
+    // The server may only notice the closed connection at its next SSE keep-alive (15 s).
+    eventually("the abandoned session to idle out", Duration::from_secs(20), || async {
+        has_session_end(&serve.events().await, &session).then_some(())
+    })
+    .await;
+    let (status, _, stderr) = serve.stop().await;
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
+
+#[tokio::test]
+async fn max_sessions_holds_under_concurrent_initializes() {
+    let alice = AgentCred::new("alice");
+    let serve = Serve::start(Options {
+        agents: vec![alice.clone()],
+        listen: vec!["max_sessions = 2".into()],
+        ..Options::default()
+    })
+    .await;
+    let m = serve.mcp(UP, Some(&alice));
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.post(None, &initialize_body(0)).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap().status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
+    assert_eq!((accepted, refused), (2, 6), "{statuses:?}");
+    let (status, _, stderr) = serve.stop().await;
+    assert!(status.success(), "{status:?}\n{stderr}");
 }

@@ -53,10 +53,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             upstream: configured::upstream_spec(server)?,
             recorded: configured::recorded_methods(server),
             call_timeout: configured::call_timeout(server),
+            shared: server.shared,
         };
-        if server.shared {
-            tracing::warn!(server = %server.name, "`shared = true` is not supported yet: each session gets its own upstream");
-        }
         endpoints.insert(server.name.clone(), endpoint);
     }
     if config.ledger.signing_key.is_none() {

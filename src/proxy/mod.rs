@@ -7,5 +7,6 @@ pub mod http_server;
 pub mod http_upstream;
 pub mod jsonrpc;
 pub mod relay;
+pub mod shared_upstream;
 pub mod stdio;
 pub mod upstream;

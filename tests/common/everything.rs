@@ -419,6 +419,11 @@ pub fn response_of(message: &Value) -> Value {
 /// The URL-elicitation error (-32042) names a prerequisite elicitation whose `elicitationId` the
 /// server draws with `randomUUID()` on every call, whatever the arguments; that id is replaced.
 ///
+/// Over Streamable HTTP, the toggle tools name the server's transport session (`… logging for
+/// session 3f0c…`), whose id the server draws with `randomUUID()` for each session, so it differs
+/// between any two sessions; it is replaced. (Over stdio there is no such id: `session
+/// undefined`.)
+///
 /// Nothing else is normalised: the rest of what this server returns is a function of what it
 /// was sent (random ids were avoided by passing explicit ones, and both children get the same
 /// environment, so `get-env` is compared whole: see [`summarise_environment`]).
@@ -426,6 +431,9 @@ pub fn normalise(value: &mut Value) {
     match value {
         Value::String(text) => {
             if let Some(stable) = without_time_of_day(text) {
+                *text = stable;
+            }
+            if let Some(stable) = without_session_id(text) {
                 *text = stable;
             }
         }
@@ -474,6 +482,27 @@ fn is_uuid(text: &str) -> bool {
             8 | 13 | 18 | 23 => c == '-',
             _ => c.is_ascii_hexdigit(),
         })
+}
+
+/// `text` with every UUID that follows `session ` replaced, if it has any.
+fn without_session_id(text: &str) -> Option<String> {
+    const SESSION: &str = "session ";
+    const UUID_LEN: usize = 36;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut replaced = false;
+    while let Some(at) = rest.find(SESSION) {
+        let (before, after) = rest.split_at(at + SESSION.len());
+        out.push_str(before);
+        rest = after;
+        if rest.get(..UUID_LEN).is_some_and(is_uuid) {
+            out.push_str("<session id>");
+            rest = &rest[UUID_LEN..];
+            replaced = true;
+        }
+    }
+    out.push_str(rest);
+    replaced.then_some(out)
 }
 
 fn without_time_of_day(text: &str) -> Option<String> {
@@ -1052,9 +1081,8 @@ impl Session {
                 let tap = HttpTap { inner: http, wire: wire.clone() };
                 // One session, and a failure if it is lost: no silent re-initialisation, which
                 // would start a second session (and a second one in the ledger).
-                let mut config =
-                    StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                        .reinit_on_expired_session(false);
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .reinit_on_expired_session(false);
                 config.allow_stateless = false;
                 let transport = StreamableHttpClientTransport::with_client(tap, config);
                 (handshake(label, handler.clone().serve(transport)).await, None)

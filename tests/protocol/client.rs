@@ -299,12 +299,13 @@ impl Session {
     /// stream, and drops them while no such stream is open; clients open it right after the
     /// handshake, but asynchronously. So before a scenario that depends on such notifications,
     /// ask the server for a beacon on that stream until one arrives.
-    pub async fn await_standalone_stream(&self) {
+    /// Returns how many `beacon` tool calls that took.
+    pub async fn await_standalone_stream(&self) -> usize {
         for attempt in 1..=20 {
             let answer = self.call("beacon", json!({ "attempt": attempt })).await;
             assert!(answer.get("result").is_some(), "beacon: {answer}");
             if self.try_wait_for(BEACON, 1, Duration::from_millis(500)).await.is_some() {
-                return;
+                return attempt;
             }
         }
         panic!(

@@ -44,6 +44,8 @@ pub struct ServerState {
     subscriptions: Mutex<BTreeSet<String>>,
     /// Set once the `slow` tool has started, so the client knows when to cancel it.
     pub slow_started: watch::Sender<bool>,
+    /// The JSON-RPC id the server saw for the `slow` call.
+    pub slow_request_id: watch::Sender<Value>,
     /// What the `slow` tool saw: `{"cancelled": true}` once its request was cancelled.
     pub slow_outcome: watch::Sender<Option<Value>>,
     /// Every `notifications/cancelled` the server handler received, as its params.
@@ -185,6 +187,7 @@ impl FeatureServer {
                 Ok(text_result("progressed", json!({ "steps": 3 })))
             }
             "slow" => {
+                self.0.slow_request_id.send_replace(serde_json::to_value(&context.id).map_err(internal)?);
                 self.0.slow_started.send_replace(true);
                 tokio::select! {
                     _ = context.ct.cancelled() => {

@@ -37,6 +37,7 @@ use session::posted_requests;
 
 use super::jsonrpc::{Envelope, Kind, batch_members};
 use super::relay::{RelayOptions, relay_with};
+use super::shared_upstream::SharedUpstream;
 use super::upstream::{self, UpstreamSpec};
 use crate::intercept::{
     AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, record_auth_failure,
@@ -55,6 +56,8 @@ pub struct Endpoint {
     pub recorded: RecordedMethods,
     /// How long a recorded call may go unanswered; `None` waits forever.
     pub call_timeout: Option<Duration>,
+    /// One upstream connection for every session, instead of one each.
+    pub shared: bool,
 }
 
 /// Everything `serve` needs, already validated and with secrets resolved.
@@ -75,6 +78,8 @@ pub struct HttpProxy {
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
     /// The implicit session of each (agent, endpoint) for stateless-revision clients.
     implicit: Mutex<HashMap<(String, String), String>>,
+    /// The running upstream of each `shared` endpoint.
+    shared_upstreams: Mutex<HashMap<String, SharedUpstream>>,
 }
 
 impl HttpProxy {
@@ -84,6 +89,7 @@ impl HttpProxy {
             ledger,
             sessions: Mutex::default(),
             implicit: Mutex::default(),
+            shared_upstreams: Mutex::default(),
         })
     }
 
@@ -142,7 +148,7 @@ impl HttpProxy {
                 ),
             ));
         }
-        let pipe = upstream::connect(&endpoint.upstream).map_err(|error| {
+        let pipe = self.upstream_for(server, endpoint).map_err(|error| {
             tracing::error!(%error, %server, "cannot start the upstream");
             error_reply(
                 StatusCode::BAD_GATEWAY,
@@ -183,6 +189,26 @@ impl HttpProxy {
         });
         tracing::info!(session = %session.id, %agent, %server, "session started");
         Ok(session)
+    }
+
+    /// A pipe to the endpoint's upstream: a new connection, or a share of the running one.
+    fn upstream_for(
+        &self,
+        server: &str,
+        endpoint: &Endpoint,
+    ) -> Result<upstream::UpstreamPipe, super::stdio::StdioError> {
+        if !endpoint.shared {
+            return upstream::connect(&endpoint.upstream);
+        }
+        let mut shared = self.shared_upstreams.lock().expect("lock");
+        if let Some(running) = shared.get(server).filter(|s| s.is_alive()) {
+            return Ok(running.attach());
+        }
+        // None yet, or the last one went away: a fresh upstream for this and later sessions.
+        let running = SharedUpstream::start(upstream::connect(&endpoint.upstream)?);
+        let pipe = running.attach();
+        shared.insert(server.to_owned(), running);
+        Ok(pipe)
     }
 
     /// The implicit session of `agent` on `server`, started on first use.
