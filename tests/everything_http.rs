@@ -196,7 +196,8 @@ impl Serve {
                 let (name, url) = rest.split_once(" at ")?;
                 Some((name.to_owned(), url.to_owned()))
             })
-            .await;
+            .await
+            .unwrap_or_else(|output| panic!("mcp-ledger serve did not start: {output}"));
         Serve { process, urls: vec![served] }
     }
 
@@ -227,21 +228,36 @@ struct HttpEverything {
 
 impl HttpEverything {
     async fn start(entry: &Path) -> HttpEverything {
-        // Ask the system for a free port, then hand it to the server, which cannot be told to
-        // pick one itself and say which (with PORT=0 it prints 0).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free local port")
-            .port();
-        let mut command = Command::new("node");
-        command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
-        hermetic(&mut command);
-        // Both runs talk to this one process, so `get-env` shows the same environment to both;
-        // the marker shows it is the one given here.
-        command.env(ENV_MARKER.0, ENV_MARKER.1);
-        let mut process = Background::spawn("everything server (streamableHttp)", command);
-        process.wait_for_line(|line| line.contains("listening on port").then_some(())).await;
-        HttpEverything { process, url: format!("http://127.0.0.1:{port}/mcp") }
+        const ATTEMPTS: usize = 3;
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            // Ask the system for a free port, then hand it to the server, which cannot be told to
+            // pick one itself and say which (with PORT=0 it prints 0). Someone else may take the
+            // port in between; then the server exits, and another port is tried.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free local port")
+                .port();
+            let mut command = Command::new("node");
+            command.arg(entry).arg("streamableHttp").env("PORT", port.to_string());
+            hermetic(&mut command);
+            // Both runs talk to this one process, so `get-env` shows the same environment to
+            // both; the marker shows it is the one given here.
+            command.env(ENV_MARKER.0, ENV_MARKER.1);
+            let mut process = Background::spawn("everything server (streamableHttp)", command);
+            let ready = |line: &str| line.contains("listening on port").then_some(());
+            match process.wait_for_line(ready).await {
+                Ok(()) => {
+                    let url = format!("http://127.0.0.1:{port}/mcp");
+                    return HttpEverything { process, url };
+                }
+                Err(output) => failures.push(format!("on port {port}: {output}")),
+            }
+        }
+        panic!(
+            "the everything server did not start in streamableHttp mode:\n{}",
+            failures.join("\n")
+        )
     }
 
     /// SIGINT, on which the server closes its sessions and exits. Its output goes to `run`'s.
@@ -273,8 +289,9 @@ impl Background {
         Background { label, child, lines, readers }
     }
 
-    /// The first line (of stdout or stderr) that `wanted` accepts, or a failure showing the output.
-    async fn wait_for_line<T>(&mut self, wanted: impl Fn(&str) -> Option<T>) -> T {
+    /// The first line (of stdout or stderr) that `wanted` accepts, or what went wrong, with the
+    /// output up to then.
+    async fn wait_for_line<T>(&mut self, wanted: impl Fn(&str) -> Option<T>) -> Result<T, String> {
         let label = self.label;
         let mut seen = Vec::new();
         let found = tokio::time::timeout(READY_TIMEOUT, async {
@@ -287,12 +304,11 @@ impl Background {
             None
         })
         .await;
+        let output = seen.join("\n");
         match found {
-            Ok(Some(found)) => found,
-            Ok(None) => panic!("{label} exited before it was ready; output:\n{}", seen.join("\n")),
-            Err(_) => {
-                panic!("{label} was not ready in {READY_TIMEOUT:?}; output:\n{}", seen.join("\n"))
-            }
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(format!("{label} exited before it was ready; output:\n{output}")),
+            Err(_) => Err(format!("{label} was not ready in {READY_TIMEOUT:?}; output:\n{output}")),
         }
     }
 

@@ -38,12 +38,12 @@ use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientNotification, ClientRequest, CompleteRequest,
     CustomNotification, CustomRequest, GetPromptRequest, GetPromptRequestParams,
     ListPromptsRequest, ListResourceTemplatesRequest, ListResourcesRequest, ListToolsRequest,
-    PingRequest, ReadResourceRequest, ReadResourceRequestParams, SetLevelRequest,
-    SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
+    PingRequest, ReadResourceRequest, ReadResourceRequestParams, SetLevelRequest, SubscribeRequest,
+    SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use serde_json::{Value, json};
 
-use client::{Route, STDIO_AGENT, SERVER_NAME, ServeProcess, Session, WAIT, toml_string};
+use client::{Route, SERVER_NAME, STDIO_AGENT, ServeProcess, Session, WAIT, toml_string};
 use common::TestLedger;
 use server::{BLOB_URI, ServerState, TEXT_URI};
 
@@ -131,11 +131,15 @@ fn sorted(mut values: Vec<Value>) -> Value {
 
 async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript {
     let mut t = Transcript::default();
+    // The handshake as the client saw it (the proxy must not renegotiate the version).
+    let initialize = serde_json::to_value(s.client.peer_info()).expect("serialises");
+    t.step("the initialize result", initialize);
     match feature {
         Feature::Tools => {
             let list = s.request("tools/list", ListToolsRequest::default().into()).await;
             t.step("tools/list", list);
-            let arguments = json!({"text": "héllo \"quoted\"", "n": [1, 2.5, -3e-4, null, {"k": []}]});
+            let arguments =
+                json!({"text": "héllo \"quoted\"", "n": [1, 2.5, -3e-4, null, {"k": []}]});
             t.call(s, "echo", arguments, "ok").await;
             t.call(s, "fail", json!({}), "tool_error").await;
             t.call(s, "no_such_tool", json!({"x": 1}), "error").await;
@@ -143,10 +147,18 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
         Feature::ToolListChanged => {
             t.standalone_stream(s).await;
             t.call(s, "announce", json!({}), "ok").await;
-            let changed = s.wait_for("notifications/tools/list_changed", 1).await;
-            t.step("tools/list_changed notifications", Value::Array(changed));
+            for list in ["tools", "prompts", "resources"] {
+                let method = format!("notifications/{list}/list_changed");
+                let changed = s.wait_for(&method, 1).await;
+                t.step(&format!("{method} sent while a request was open"), Value::Array(changed));
+            }
             let list = s.request("tools/list", ListToolsRequest::default().into()).await;
             t.step("tools/list after the change", list);
+            // A notification that belongs to no request, sent while no request is open.
+            t.call(s, "announce_later", json!({}), "ok").await;
+            server.release.notify_one();
+            let changed = s.wait_for("notifications/tools/list_changed", 2).await;
+            t.step("tools/list_changed sent while no request was open", Value::Array(changed));
         }
         Feature::Resources => {
             let list = s.request("resources/list", ListResourcesRequest::default().into()).await;
@@ -217,26 +229,49 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
             t.step("every log message, as a set", sorted(all));
         }
         Feature::Progress => {
-            let params = CallToolRequestParams::new("progress");
-            let handle = s.start(CallToolRequest::new(params).into()).await;
-            let token = serde_json::to_value(&handle.progress_token).expect("serialises");
-            let response = s.finish("tools/call progress", handle).await;
-            t.step("tools/call progress", response);
+            // Two calls at once: each one's notifications must carry its own token.
+            let first =
+                s.start(CallToolRequest::new(CallToolRequestParams::new("progress")).into()).await;
+            let second =
+                s.start(CallToolRequest::new(CallToolRequestParams::new("progress")).into()).await;
+            let tokens = [&first.progress_token, &second.progress_token]
+                .map(|token| serde_json::to_value(token).expect("serialises"));
+            assert_ne!(tokens[0], tokens[1], "rmcp gives each request a token of its own");
+            t.step("tools/call progress (first)", s.finish("tools/call progress", first).await);
+            t.step("tools/call progress (second)", s.finish("tools/call progress", second).await);
             t.tool("progress", "ok");
-            let progress = s.wait_for("notifications/progress", 3).await;
-            let masked: Vec<Value> = progress
-                .into_iter()
-                .map(|mut note| {
-                    assert_eq!(
-                        note["params"]["progressToken"], token,
-                        "{:?}: a progress notification carries the token the client sent: {note}",
-                        s.route
-                    );
-                    note["params"]["progressToken"] = json!("<the request's token>");
-                    note
-                })
+            t.tool("progress", "ok");
+            let progress = s.wait_for("notifications/progress", 6).await;
+            for (n, token) in tokens.iter().enumerate() {
+                let mut mine: Vec<Value> = progress
+                    .iter()
+                    .filter(|note| &note["params"]["progressToken"] == token)
+                    .cloned()
+                    .map(|mut note| {
+                        note["params"]["progressToken"] = json!("<the request's token>");
+                        note
+                    })
+                    .collect();
+                // rmcp runs each notification handler in a task of its own, so the order the
+                // handler saw them in is not the wire order: compare them sorted by progress.
+                mine.sort_by(|a, b| {
+                    let progress = |v: &Value| v["params"]["progress"].as_f64().unwrap_or(-1.0);
+                    progress(a).total_cmp(&progress(b))
+                });
+                t.step(
+                    &format!("progress notifications with call {n}'s token"),
+                    Value::Array(mine),
+                );
+            }
+            let strangers: Vec<&Value> = progress
+                .iter()
+                .filter(|note| !tokens.contains(&note["params"]["progressToken"]))
                 .collect();
-            t.step("progress notifications, in order", Value::Array(masked));
+            assert!(
+                strangers.is_empty(),
+                "{:?}: progress notifications with a token the client never sent: {strangers:#?}",
+                s.route
+            );
         }
         Feature::Cancellation => {
             let params = CallToolRequestParams::new("slow");
@@ -287,16 +322,42 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
         Feature::Sampling => {
             t.call(s, "sample", json!({}), "ok").await;
             t.request("sampling/createMessage", "server_to_agent", "ok");
-            t.step("sampling requests the client got", Value::Array(s.seen_of("sampling/createMessage")));
+            t.step(
+                "sampling requests the client got",
+                Value::Array(s.seen_of("sampling/createMessage")),
+            );
         }
         Feature::Elicitation => {
             t.call(s, "elicit", json!({}), "ok").await;
             t.request("elicitation/create", "server_to_agent", "ok");
-            t.step("elicitation requests the client got", Value::Array(s.seen_of("elicitation/create")));
+            t.step(
+                "elicitation requests the client got",
+                Value::Array(s.seen_of("elicitation/create")),
+            );
         }
         Feature::Roots => {
             t.call(s, "roots", json!({}), "ok").await;
             t.step("roots requests the client got", Value::Array(s.seen_of("roots/list")));
+            // The client says its roots changed; the server asks for them on its own, outside
+            // any client request (on the standalone stream).
+            t.standalone_stream(s).await;
+            let changed = ClientNotification::RootsListChangedNotification(Default::default());
+            s.client.send_notification(changed).await.expect("send roots/list_changed");
+            let mut roots = server.roots_after_change.subscribe();
+            let got = tokio::time::timeout(WAIT, roots.wait_for(Option::is_some))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{:?}: the server's own roots/list (after notifications/roots/list_changed) \
+                         got no answer within {WAIT:?}; the client saw: {:#?}",
+                        s.route,
+                        s.seen()
+                    )
+                })
+                .expect("the server state lives")
+                .clone();
+            t.step("the roots the server got after the change", json!(got));
+            t.step("roots requests the client got in all", Value::Array(s.seen_of("roots/list")));
         }
         Feature::CustomMethods => {
             t.standalone_stream(s).await;
@@ -304,7 +365,8 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
                 "x-protocol-test/hello",
                 Some(json!({"greeting": "hi", "x-field": [1, {"deep": null}]})),
             );
-            let response = s.request("x-protocol-test/hello", ClientRequest::CustomRequest(request)).await;
+            let response =
+                s.request("x-protocol-test/hello", ClientRequest::CustomRequest(request)).await;
             t.step("a custom request (agent to server)", response);
             let note = CustomNotification::new(
                 "notifications/x-protocol-test/client-said",
@@ -317,12 +379,17 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
             let mut notes = server.custom_notifications.subscribe();
             let got = tokio::time::timeout(WAIT, notes.wait_for(|n| !n.is_empty()))
                 .await
-                .unwrap_or_else(|_| panic!("{:?}: the server never got the custom notification", s.route))
+                .unwrap_or_else(|_| {
+                    panic!("{:?}: the server never got the custom notification", s.route)
+                })
                 .expect("the server state lives")
                 .clone();
             t.step("custom notifications the server got", Value::Array(got));
             t.call(s, "ask_custom", json!({}), "ok").await;
-            t.step("custom requests the client got", Value::Array(s.seen_of("x-protocol-test/ask")));
+            t.step(
+                "custom requests the client got",
+                Value::Array(s.seen_of("x-protocol-test/ask")),
+            );
             let said = s.wait_for("notifications/x-protocol-test/server-said", 1).await;
             t.step("custom notifications the client got", Value::Array(said));
         }
@@ -347,7 +414,7 @@ async fn run(feature: Feature, route: Route) -> Run {
     let session = match route {
         Route::Direct => Session::connect(route, &server.url).await,
         Route::ServeHttp => {
-            let process = ServeProcess::start(&config).await;
+            let process = ServeProcess::start(&config, SERVER_NAME).await;
             let session = Session::connect(route, &process.url).await;
             serve = Some(process);
             session
@@ -408,7 +475,8 @@ fn compare(direct: &Run, proxied: &Run, failures: &mut Failures) {
             keys(proxied)
         )
     });
-    for ((what, expected), (_, got)) in direct.transcript.steps.iter().zip(&proxied.transcript.steps)
+    for ((what, expected), (_, got)) in
+        direct.transcript.steps.iter().zip(&proxied.transcript.steps)
     {
         failures.check(expected == got, || {
             format!(
@@ -442,17 +510,30 @@ fn check_ledger(run: &Run, failures: &mut Failures) {
     let session = starts.first().and_then(|e| e.session_id.clone());
     for event in events {
         failures.check(event.agent.as_deref() == Some(agent), || {
-            format!("{route:?}: event {} ({}) has agent {:?}, expected {agent}", event.seq, event.event_type, event.agent)
+            format!(
+                "{route:?}: event {} ({}) has agent {:?}, expected {agent}",
+                event.seq, event.event_type, event.agent
+            )
         });
         failures.check(event.server.as_deref() == Some(SERVER_NAME), || {
-            format!("{route:?}: event {} ({}) has server {:?}", event.seq, event.event_type, event.server)
+            format!(
+                "{route:?}: event {} ({}) has server {:?}",
+                event.seq, event.event_type, event.server
+            )
         });
         failures.check(event.session_id == session, || {
-            format!("{route:?}: event {} ({}) is outside the session {session:?}", event.seq, event.event_type)
+            format!(
+                "{route:?}: event {} ({}) is outside the session {session:?}",
+                event.seq, event.event_type
+            )
         });
-        let known = ["session_start", "session_end", "tool_call", "tool_result", "request", "response"];
+        let known =
+            ["session_start", "session_end", "tool_call", "tool_result", "request", "response"];
         failures.check(known.contains(&event.event_type.as_str()), || {
-            format!("{route:?}: unexpected event {} ({}): {}", event.seq, event.event_type, event.data)
+            format!(
+                "{route:?}: unexpected event {} ({}): {}",
+                event.seq, event.event_type, event.data
+            )
         });
     }
 
@@ -466,7 +547,11 @@ fn check_ledger(run: &Run, failures: &mut Failures) {
                 .filter(|e| e.event_type == close && e.data["call_id"] == *call_id)
                 .collect();
             failures.check(closes.len() == 1, || {
-                format!("{route:?}: {open} {call_id} has {} {close} events: {}", closes.len(), call.data)
+                format!(
+                    "{route:?}: {open} {call_id} has {} {close} events: {}",
+                    closes.len(),
+                    call.data
+                )
             });
             let outcome = closes.first().map(|e| e.data["outcome"].clone()).unwrap_or(Value::Null);
             let outcome: &'static str = match outcome.as_str() {
@@ -600,11 +685,20 @@ fn compare_raw(direct: &raw::RawRun, proxied: &raw::RawRun, failures: &mut Failu
 /// in the traffic, so an equal comparison is not a vacuous one.
 fn check_raw_direct(direct: &raw::RawRun) {
     let all: String = direct.received.iter().flatten().cloned().collect::<Vec<_>>().join("\n");
-    for marker in ["x-tool-field", "x-unknown-result-field", "x-echo", "vendor/ask", "notifications/vendor/event", "x-list-extra"] {
+    for marker in [
+        "x-tool-field",
+        "x-unknown-result-field",
+        "x-echo",
+        "vendor/ask",
+        "notifications/vendor/event",
+        "x-list-extra",
+    ] {
         assert!(all.contains(marker), "the direct run has no {marker}: {all}");
     }
     let log = direct.upstream_log.join("\n");
-    for marker in ["x-client-field", "vendor/unknown", "notifications/vendor/agent-note", "x-answer"] {
+    for marker in
+        ["x-client-field", "vendor/unknown", "notifications/vendor/agent-note", "x-answer"]
+    {
         assert!(log.contains(marker), "the upstream got no {marker}: {log}");
     }
 }
@@ -614,7 +708,10 @@ fn check_raw_ledger(events: &[Event], agent: &str, failures: &mut Failures, labe
     failures.check(report.intact(), || format!("{label}: the chain does not verify: {report:?}"));
     for event in events {
         failures.check(event.agent.as_deref() == Some(agent), || {
-            format!("{label}: event {} ({}) has agent {:?}", event.seq, event.event_type, event.agent)
+            format!(
+                "{label}: event {} ({}) has agent {:?}",
+                event.seq, event.event_type, event.agent
+            )
         });
     }
     let calls: Vec<&Event> = events.iter().filter(|e| e.event_type == "tool_call").collect();
@@ -627,7 +724,8 @@ fn check_raw_ledger(events: &[Event], agent: &str, failures: &mut Failures, labe
             .iter()
             .filter(|e| e.event_type == "tool_result" && e.data["call_id"] == call.data["call_id"])
             .count();
-        failures.check(results == 1, || format!("{label}: {results} tool_result for {}", call.data));
+        failures
+            .check(results == 1, || format!("{label}: {results} tool_result for {}", call.data));
     }
 }
 
@@ -662,4 +760,36 @@ async fn unknown_fields_and_methods_pass_byte_for_byte_through_serve_http() {
     compare_raw(&direct, &proxied, &mut failures);
     check_raw_ledger(&ledger_events(&ledger).await, "anonymous", &mut failures, proxied.label);
     failures.finish("unknown fields and methods through serve (HTTP)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_latency_probe() {
+    for route in [Route::Direct, Route::ServeHttp, Route::Stdio] {
+        let server = server::start().await;
+        let ledger = TestLedger::sqlite();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let upstream = format!("url = {}", toml_string(&server.url));
+        let config = client::write_config(dir.path(), &ledger.url_string(), SERVER_NAME, &upstream);
+        let mut serve = None;
+        let s = match route {
+            Route::Direct => Session::connect(route, &server.url).await,
+            Route::ServeHttp => { let p = ServeProcess::start(&config, SERVER_NAME).await; let s = Session::connect(route, &p.url).await; serve = Some(p); s }
+            Route::Stdio => Session::connect(route, &config.display().to_string()).await,
+        };
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let t0 = std::time::Instant::now();
+            s.request("tools/list", ListToolsRequest::default().into()).await;
+            times.push(t0.elapsed().as_micros());
+        }
+        let mut calls = Vec::new();
+        for _ in 0..20 {
+            let t0 = std::time::Instant::now();
+            s.call("echo", json!({"text": "x"})).await;
+            calls.push(t0.elapsed().as_micros());
+        }
+        eprintln!("{route:?} tools/list µs {times:?}\n{route:?} tools/call µs {calls:?}");
+        s.close().await;
+        if let Some(p) = serve { p.stop().await; }
+    }
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientCapabilities,
-    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult, CustomNotification,
-    CustomRequest, CustomResult, ElicitRequestParams, ElicitResult, Implementation,
-    ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion,
-    ResourceUpdatedNotificationParam,
+    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
+    CustomNotification, CustomRequest, CustomResult, ElicitRequestParams, ElicitResult,
+    Implementation, ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam,
+    ProtocolVersion, ResourceUpdatedNotificationParam,
 };
 use rmcp::service::{
     NotificationContext, PeerRequestOptions, RequestContext, RequestHandle, RoleClient,
@@ -199,7 +199,10 @@ pub struct Session {
 }
 
 /// A response as the client received it: `{"result": …}` or `{"error": …}`.
-pub fn response_value(label: &str, response: Result<rmcp::model::ServerResult, ServiceError>) -> Value {
+pub fn response_value(
+    label: &str,
+    response: Result<rmcp::model::ServerResult, ServiceError>,
+) -> Value {
     match response {
         Ok(result) => json!({ "result": value_of(&result) }),
         Err(ServiceError::McpError(error)) => json!({ "error": value_of(&error) }),
@@ -214,7 +217,8 @@ impl Session {
         let connecting = async {
             match route {
                 Route::Direct | Route::ServeHttp => {
-                    let transport = StreamableHttpClientTransport::from_uri(url_or_config.to_owned());
+                    let transport =
+                        StreamableHttpClientTransport::from_uri(url_or_config.to_owned());
                     handler.serve(transport).await.expect("MCP handshake over HTTP")
                 }
                 Route::Stdio => {
@@ -287,7 +291,12 @@ impl Session {
         })
     }
 
-    async fn try_wait_for(&self, method: &str, count: usize, limit: Duration) -> Option<Vec<Value>> {
+    async fn try_wait_for(
+        &self,
+        method: &str,
+        count: usize,
+        limit: Duration,
+    ) -> Option<Vec<Value>> {
         let mut receiver = self.seen.subscribe();
         let waiting = receiver
             .wait_for(|seen| seen.iter().filter(|s| s["method"] == method).count() >= count);
@@ -332,7 +341,8 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    pub async fn start(config: &Path) -> ServeProcess {
+    /// Starts `serve` on 127.0.0.1:0 and reads the URL it prints for `server`.
+    pub async fn start(config: &Path, server: &str) -> ServeProcess {
         let mut child = tokio::process::Command::new(BIN)
             .arg("serve")
             .arg("--config")
@@ -346,7 +356,7 @@ impl ServeProcess {
             .spawn()
             .expect("start mcp-ledger serve");
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let wanted = format!("serving {SERVER_NAME} at ");
+        let wanted = format!("serving {server} at ");
         let url = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("read serve's stdout") {
                 if let Some(url) = line.strip_prefix(&wanted) {

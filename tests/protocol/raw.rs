@@ -39,7 +39,9 @@ pub fn script() -> Vec<Step> {
             id: json!(1),
             line: r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"x-client-capability":{"on":1},"roots":{"listChanged":true}},"clientInfo":{"name":"raw-agent","version":"1.0.0","x-client-vendor":"acme"},"x-init-param":[null]}}"#,
         },
-        Notification(r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{"x-initialized-extra":1}}"#),
+        Notification(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{"x-initialized-extra":1}}"#,
+        ),
         Request {
             id: json!("list-1"),
             line: r#"{"jsonrpc":"2.0","id":"list-1","method":"tools/list","params":{"x-list-param":true}}"#,
@@ -52,7 +54,9 @@ pub fn script() -> Vec<Step> {
             id: json!("u-1"),
             line: r#"{"jsonrpc":"2.0","id":"u-1","method":"vendor/unknown","params":{"x":[1,{"y":null}],"big":12345678901234567890,"f":1e-7}}"#,
         },
-        Notification(r#"{"jsonrpc":"2.0","method":"notifications/vendor/agent-note","params":{"x-n":1,"s":"\ud83d\ude00"}}"#),
+        Notification(
+            r#"{"jsonrpc":"2.0","method":"notifications/vendor/agent-note","params":{"x-n":1,"s":"\ud83d\ude00"}}"#,
+        ),
         Request {
             id: json!(43),
             line: r#"{"jsonrpc":"2.0","id":43,"method":"tools/call","params":{"name":"server_asks","arguments":{}}}"#,
@@ -70,7 +74,9 @@ pub fn script() -> Vec<Step> {
 
 /// The agent's answer to the upstream's `vendor/ask` request, with unknown fields.
 pub fn answer_to_ask(id: &Value) -> String {
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"x-answer":"this one","n":[1,2],"_meta":{{"x-m":true}}}}}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"x-answer":"this one","n":[1,2],"_meta":{{"x-m":true}}}}}}"#
+    )
 }
 
 /// What the agent received for each step (raw lines), and what the upstream received.
@@ -161,7 +167,7 @@ pub async fn run_stdio(dir: &Path, ledger: &TestLedger) -> RawRun {
 pub async fn run_http(dir: &Path, ledger: &TestLedger) -> RawRun {
     let log = dir.join("http-upstream.log");
     let config = raw_config(dir, ledger, &log);
-    let serve = ServeProcess::start(&config).await;
+    let serve = ServeProcess::start(&config, RAW_SERVER).await;
     let mut agent = RawHttp::new(&serve.url);
     let mut received = Vec::new();
     for step in script() {
@@ -288,9 +294,8 @@ impl SseReader {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .expect("an SSE event in time");
+            let chunk =
+                tokio::time::timeout(WAIT, self.stream.next()).await.expect("an SSE event in time");
             match chunk {
                 Some(Ok(bytes)) => self.buffer.extend_from_slice(&bytes),
                 Some(Err(error)) => panic!("reading the event stream failed: {error}"),

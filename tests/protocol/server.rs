@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotificationParam,
-    CompleteRequestParams, CompleteResult, CreateMessageRequest,
-    CreateMessageRequestParams, CustomNotification, CustomRequest, CustomResult,
-    ElicitRequest, ElicitRequestParams, GetPromptRequestParams, GetPromptResponse,
-    GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListRootsRequest, ListToolsResult, LoggingLevel,
-    LoggingMessageNotificationParam, PaginatedRequestParams, PingRequest,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig,
-    ServerNotification, ServerRequest, SetLevelRequestParams,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    CompleteRequestParams, CompleteResult, CreateMessageRequest, CreateMessageRequestParams,
+    CustomNotification, CustomRequest, CustomResult, ElicitRequest, ElicitRequestParams,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListRootsRequest, ListToolsResult,
+    LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams, PingRequest,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, ServerNotification,
+    ServerRequest, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::{
@@ -26,7 +24,7 @@ use rmcp::transport::streamable_http_server::{
 use rmcp::{ErrorData, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A custom notification the server sends on request, to learn that the client's standalone
@@ -52,6 +50,10 @@ pub struct ServerState {
     pub cancellations: watch::Sender<Vec<Value>>,
     /// Custom notifications the client sent.
     pub custom_notifications: watch::Sender<Vec<Value>>,
+    /// Releases what `announce_later` left waiting: a notification sent outside any request.
+    pub release: Notify,
+    /// The roots the server asked for, on its own, after `notifications/roots/list_changed`.
+    pub roots_after_change: watch::Sender<Option<Value>>,
 }
 
 #[derive(Clone)]
@@ -139,7 +141,23 @@ impl FeatureServer {
             }))),
             "announce" => {
                 peer.notify_tool_list_changed().await.map_err(internal)?;
-                Ok(text_result("announced", json!({ "announced": "tools/list_changed" })))
+                peer.notify_prompt_list_changed().await.map_err(internal)?;
+                peer.notify_resource_list_changed().await.map_err(internal)?;
+                Ok(text_result(
+                    "announced",
+                    json!({ "announced": ["tools", "prompts", "resources"] }),
+                ))
+            }
+            "announce_later" => {
+                // Sent from a task of its own once the test releases it, so it belongs to no
+                // request: rmcp puts it on the standalone stream.
+                let state = self.0.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    state.release.notified().await;
+                    let _ = peer.notify_tool_list_changed().await;
+                });
+                Ok(text_result("will announce", json!({})))
             }
             "touch" => {
                 let subscribed: Vec<String> =
@@ -187,7 +205,9 @@ impl FeatureServer {
                 Ok(text_result("progressed", json!({ "steps": 3 })))
             }
             "slow" => {
-                self.0.slow_request_id.send_replace(serde_json::to_value(&context.id).map_err(internal)?);
+                self.0
+                    .slow_request_id
+                    .send_replace(serde_json::to_value(&context.id).map_err(internal)?);
                 self.0.slow_started.send_replace(true);
                 tokio::select! {
                     _ = context.ct.cancelled() => {
@@ -275,9 +295,7 @@ impl FeatureServer {
 }
 
 fn tool_list() -> Value {
-    let object = |properties: Value, required: Value| {
-        json!({"type": "object", "properties": properties, "required": required})
-    };
+    let object = |properties: Value, required: Value| json!({"type": "object", "properties": properties, "required": required});
     let empty = json!({"type": "object", "properties": {}});
     json!({
         "tools": [
@@ -294,7 +312,8 @@ fn tool_list() -> Value {
                 "_meta": {"example.com/tag": "plain"}
             },
             {"name": "fail", "description": "Always reports a tool error", "inputSchema": empty},
-            {"name": "announce", "description": "Sends tools/list_changed", "inputSchema": empty},
+            {"name": "announce", "description": "Sends the list_changed notifications", "inputSchema": empty},
+            {"name": "announce_later", "description": "Sends tools/list_changed when released", "inputSchema": empty},
             {"name": "touch", "description": "Updates subscribed resources", "inputSchema": empty},
             {"name": "log", "description": "Logs at every level", "inputSchema": empty},
             {"name": "beacon", "description": "Sends a custom notification", "inputSchema": empty},
@@ -514,6 +533,15 @@ impl ServerHandler for FeatureServer {
     ) {
         let note = json!({ "method": notification.method, "params": notification.params });
         self.0.custom_notifications.send_modify(|notes| notes.push(note));
+    }
+
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        // A server-to-client request made outside any client request.
+        let roots = match context.peer.list_roots().await {
+            Ok(roots) => serde_json::to_value(roots).expect("serialises"),
+            Err(error) => json!({ "error": error.to_string() }),
+        };
+        self.0.roots_after_change.send_replace(Some(roots));
     }
 
     async fn on_cancelled(
