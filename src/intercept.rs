@@ -94,6 +94,9 @@ pub struct SessionRecorder {
     identity: SessionIdentity,
     recorded: std::sync::Arc<RecordedMethods>,
     started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Why the session ended, when the transport knows better than the relay (DELETE, idle
+    /// expiry, shutdown).
+    end_reason: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl OpenCall {
@@ -110,6 +113,7 @@ impl SessionRecorder {
             identity,
             recorded: std::sync::Arc::new(recorded),
             started: Default::default(),
+            end_reason: Default::default(),
         }
     }
 
@@ -165,8 +169,15 @@ impl SessionRecorder {
         Ok(())
     }
 
-    /// Records `session_end`.
+    /// Sets the reason `session_end` will give, in place of the relay's own.
+    pub fn set_end_reason(&self, reason: &str) {
+        *self.end_reason.lock().expect("lock") = Some(reason.to_owned());
+    }
+
+    /// Records `session_end`, with the reason set by [`Self::set_end_reason`] if there is one.
     pub async fn session_ended(&self, reason: &str) -> Result<(), RecordError> {
+        let reason =
+            self.end_reason.lock().expect("lock").clone().unwrap_or_else(|| reason.to_owned());
         let draft = self.draft(EventType::SessionEnd, json!({ "reason": reason }));
         self.ledger.append(draft).await?;
         Ok(())
@@ -284,6 +295,8 @@ pub struct AuthFailure {
     pub user_agent: Option<String>,
     /// The agent a valid token belonged to, when the token was valid but not for this session.
     pub token_agent: Option<String>,
+    /// The session the request named, when it named one.
+    pub session_id: Option<String>,
 }
 
 /// Records an `auth_failed` event. Returns once it is committed.
@@ -302,6 +315,7 @@ pub async fn record_auth_failure(
     );
     draft.agent = failure.token_agent.clone();
     draft.server = Some(failure.server.clone());
+    draft.session_id = failure.session_id.clone();
     ledger.append(draft).await?;
     Ok(())
 }

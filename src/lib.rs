@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod intercept;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod store;

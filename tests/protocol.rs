@@ -322,6 +322,9 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
         Feature::Sampling => {
             t.call(s, "sample", json!({}), "ok").await;
             t.request("sampling/createMessage", "server_to_agent", "ok");
+            // The agent answers with a JSON-RPC error this time.
+            t.call(s, "sample", json!({"refuse": true}), "ok").await;
+            t.request("sampling/createMessage", "server_to_agent", "error");
             t.step(
                 "sampling requests the client got",
                 Value::Array(s.seen_of("sampling/createMessage")),
@@ -329,6 +332,8 @@ async fn play(feature: Feature, s: &Session, server: &ServerState) -> Transcript
         }
         Feature::Elicitation => {
             t.call(s, "elicit", json!({}), "ok").await;
+            t.request("elicitation/create", "server_to_agent", "ok");
+            t.call(s, "elicit", json!({"decline": true}), "ok").await;
             t.request("elicitation/create", "server_to_agent", "ok");
             t.step(
                 "elicitation requests the client got",
@@ -760,36 +765,4 @@ async fn unknown_fields_and_methods_pass_byte_for_byte_through_serve_http() {
     compare_raw(&direct, &proxied, &mut failures);
     check_raw_ledger(&ledger_events(&ledger).await, "anonymous", &mut failures, proxied.label);
     failures.finish("unknown fields and methods through serve (HTTP)");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmp_latency_probe() {
-    for route in [Route::Direct, Route::ServeHttp, Route::Stdio] {
-        let server = server::start().await;
-        let ledger = TestLedger::sqlite();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let upstream = format!("url = {}", toml_string(&server.url));
-        let config = client::write_config(dir.path(), &ledger.url_string(), SERVER_NAME, &upstream);
-        let mut serve = None;
-        let s = match route {
-            Route::Direct => Session::connect(route, &server.url).await,
-            Route::ServeHttp => { let p = ServeProcess::start(&config, SERVER_NAME).await; let s = Session::connect(route, &p.url).await; serve = Some(p); s }
-            Route::Stdio => Session::connect(route, &config.display().to_string()).await,
-        };
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let t0 = std::time::Instant::now();
-            s.request("tools/list", ListToolsRequest::default().into()).await;
-            times.push(t0.elapsed().as_micros());
-        }
-        let mut calls = Vec::new();
-        for _ in 0..20 {
-            let t0 = std::time::Instant::now();
-            s.call("echo", json!({"text": "x"})).await;
-            calls.push(t0.elapsed().as_micros());
-        }
-        eprintln!("{route:?} tools/list µs {times:?}\n{route:?} tools/call µs {calls:?}");
-        s.close().await;
-        if let Some(p) = serve { p.stop().await; }
-    }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod configured;
 mod demo;
 mod ledger;
+mod policy;
 mod serve;
 mod stdio;
 
@@ -44,6 +45,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage the agents allowed to call `serve` (`agents add NAME` creates a token)
     Agents(agents::AgentsArgs),
+    /// Check policy files (`policy check [DIR]`)
+    Policy(policy::PolicyArgs),
     /// Recompute every hash and link; exit 0 intact, 1 tampered, 2 could not check
     Verify(ledger::VerifyArgs),
     /// Show recorded tool calls (the provenance view), newest last
@@ -69,6 +72,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Stdio(args) => stdio::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Agents(args) => agents::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
         Command::Log(args) => ledger::log(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,

@@ -59,8 +59,8 @@ struct Inner {
     maps: Mutex<Maps>,
     initialization: Mutex<Initialization>,
     initialized_sent: AtomicBool,
-    /// Becomes `true` when the initialize result is known.
-    init_done: watch::Sender<bool>,
+    /// Bumped whenever `initialization` leaves `Pending`.
+    init_done: watch::Sender<u64>,
     next: AtomicU64,
     alive: AtomicBool,
 }
@@ -75,7 +75,7 @@ impl SharedUpstream {
     /// Takes over `pipe` and starts routing its lines.
     pub fn start(pipe: UpstreamPipe) -> Self {
         let (to_upstream, mut outbox) = mpsc::channel::<Vec<u8>>(1024);
-        let (init_done, _) = watch::channel(false);
+        let (init_done, _) = watch::channel(0u64);
         let inner = Arc::new(Inner {
             to_upstream,
             maps: Mutex::default(),
@@ -288,43 +288,57 @@ impl Inner {
         }
     }
 
-    /// The first `initialize` goes upstream; later ones wait for its result and get a copy.
+    /// The first `initialize` goes upstream; later ones wait for its result and get a copy. If
+    /// the upstream refuses it, the next waiting session tries its own.
     async fn initialize(&self, session: u64, id: &RawValue, line: &[u8]) -> Option<Vec<u8>> {
-        let start = {
-            let mut state = self.initialization.lock().expect("lock");
-            match &*state {
-                Initialization::NotStarted => {
-                    *state = Initialization::Pending;
-                    true
+        let mut changes = self.init_done.subscribe();
+        loop {
+            let result = {
+                let mut state = self.initialization.lock().expect("lock");
+                match &*state {
+                    Initialization::NotStarted => {
+                        *state = Initialization::Pending;
+                        None
+                    }
+                    Initialization::Pending => Some(None),
+                    Initialization::Done(result) => Some(Some(result.clone())),
                 }
-                _ => false,
+            };
+            match result {
+                // Ours goes upstream.
+                None => {
+                    let upstream_id =
+                        format!("\"mcpl-{}\"", self.next.fetch_add(1, Ordering::SeqCst));
+                    let pending = Pending {
+                        session,
+                        original_id: id.get().to_owned(),
+                        initialize: true,
+                        token: None,
+                    };
+                    self.maps
+                        .lock()
+                        .expect("lock")
+                        .requests
+                        .insert(id_key_text(&upstream_id), pending);
+                    let edit = (offset_in(line, id), id.get().len(), upstream_id);
+                    return Some(rewrite(line, vec![edit]));
+                }
+                Some(None) => {
+                    if changes.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Some(result)) => {
+                    let answer =
+                        format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, id.get());
+                    let sender = self.maps.lock().expect("lock").sessions.get(&session).cloned();
+                    if let Some(sender) = sender {
+                        let _ = sender.send(answer.into_bytes()).await;
+                    }
+                    return None;
+                }
             }
-        };
-        if start {
-            let upstream_id = format!("\"mcpl-{}\"", self.next.fetch_add(1, Ordering::SeqCst));
-            self.maps.lock().expect("lock").requests.insert(
-                id_key_text(&upstream_id),
-                Pending {
-                    session,
-                    original_id: id.get().to_owned(),
-                    initialize: true,
-                    token: None,
-                },
-            );
-            return Some(rewrite(line, vec![(offset_in(line, id), id.get().len(), upstream_id)]));
         }
-        let mut done = self.init_done.subscribe();
-        let _ = done.wait_for(|done| *done).await;
-        let result = match &*self.initialization.lock().expect("lock") {
-            Initialization::Done(result) => result.clone(),
-            _ => return None,
-        };
-        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, id.get());
-        let sender = self.maps.lock().expect("lock").sessions.get(&session).cloned();
-        if let Some(sender) = sender {
-            let _ = sender.send(answer.into_bytes()).await;
-        }
-        None
     }
 
     async fn from_upstream(&self, line: Vec<u8>) {
@@ -341,7 +355,7 @@ impl Inner {
                         // A failed initialize may be tried again by the next session.
                         *self.initialization.lock().expect("lock") = Initialization::NotStarted;
                     }
-                    let _ = self.init_done.send(true);
+                    self.init_done.send_modify(|generation| *generation += 1);
                 }
                 {
                     let mut maps = self.maps.lock().expect("lock");

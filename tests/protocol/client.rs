@@ -84,7 +84,14 @@ impl ClientHandler for RecordingClient {
         params: CreateMessageRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        self.note("request", "sampling/createMessage", value_of(&params));
+        let params = value_of(&params);
+        self.note("request", "sampling/createMessage", params.clone());
+        if params["metadata"]["refuse"] == json!(true) {
+            return Err(ErrorData::invalid_request(
+                "the user refused to sample",
+                Some(json!({"x-why": "protocol test"})),
+            ));
+        }
         Ok(typed(json!({
             "model": "canned-model-1",
             "stopReason": "endTurn",
@@ -98,7 +105,11 @@ impl ClientHandler for RecordingClient {
         request: ElicitRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        self.note("request", "elicitation/create", value_of(&request));
+        let request = value_of(&request);
+        self.note("request", "elicitation/create", request.clone());
+        if request["message"].as_str().is_some_and(|m| m.contains("decline")) {
+            return Ok(typed(json!({"action": "decline"})));
+        }
         Ok(typed(json!({"action": "accept", "content": {"name": "Ada", "age": 36}})))
     }
 

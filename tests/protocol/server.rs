@@ -113,6 +113,17 @@ fn text_result(text: &str, structured: Value) -> CallToolResult {
     }))
 }
 
+/// The agent's answer to a server-to-agent request, or the JSON-RPC error it answered with.
+fn agent_answer(
+    answer: Result<rmcp::model::ClientResult, rmcp::service::ServiceError>,
+) -> Result<Value, ErrorData> {
+    match answer {
+        Ok(result) => Ok(json!({ "answer": result })),
+        Err(rmcp::service::ServiceError::McpError(error)) => Ok(json!({ "agent_error": error })),
+        Err(other) => Err(internal(other)),
+    }
+}
+
 /// Severity order of the MCP logging levels (RFC 5424, lowest first).
 const LEVELS: [&str; 8] =
     ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
@@ -221,6 +232,7 @@ impl FeatureServer {
                 }
             }
             "sample" => {
+                let refuse = arguments["refuse"] == json!(true);
                 let params: CreateMessageRequestParams = typed(json!({
                     "messages": [
                         {"role": "user", "content": {"type": "text", "text": "What is 2 + 2?"}}
@@ -229,19 +241,20 @@ impl FeatureServer {
                     "maxTokens": 32,
                     "temperature": 0.5,
                     "stopSequences": ["\n\n"],
-                    "metadata": {"purpose": "protocol-test"},
+                    "metadata": {"purpose": "protocol-test", "refuse": refuse},
                 }));
                 let request = CreateMessageRequest::new(params);
-                let answer = peer
-                    .send_request(ServerRequest::CreateMessageRequest(request))
-                    .await
-                    .map_err(internal)?;
-                Ok(text_result("sampled", json!({ "answer": answer })))
+                let answer = peer.send_request(ServerRequest::CreateMessageRequest(request)).await;
+                Ok(text_result("sampled", agent_answer(answer)?))
             }
             "elicit" => {
+                let message = match arguments["decline"] == json!(true) {
+                    true => "Who are you? (decline this)",
+                    false => "Who are you?",
+                };
                 let params: ElicitRequestParams = typed(json!({
                     "mode": "form",
-                    "message": "Who are you?",
+                    "message": message,
                     "requestedSchema": {
                         "type": "object",
                         "properties": {
@@ -253,9 +266,8 @@ impl FeatureServer {
                 }));
                 let answer = peer
                     .send_request(ServerRequest::ElicitRequest(ElicitRequest::new(params)))
-                    .await
-                    .map_err(internal)?;
-                Ok(text_result("elicited", json!({ "answer": answer })))
+                    .await;
+                Ok(text_result("elicited", agent_answer(answer)?))
             }
             "roots" => {
                 let answer = peer

@@ -48,6 +48,8 @@ pub struct Options {
     pub listen_addr: Option<String>,
     /// Entries written verbatim instead of ones built from `agents` (for `agents add` output).
     pub raw_agents: Option<String>,
+    /// Extra `[[servers]]` entries, written verbatim.
+    pub extra_servers: String,
 }
 
 pub struct Files {
@@ -90,6 +92,7 @@ pub fn write_config(options: &Options) -> Files {
         toml_str(&fixture()),
         toml_str(&upstream_log.display().to_string())
     ));
+    text.push_str(&options.extra_servers);
     match &options.raw_agents {
         Some(raw) => text.push_str(raw),
         None => {

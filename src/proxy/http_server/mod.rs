@@ -15,6 +15,7 @@ mod session;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,17 @@ pub struct HttpProxy {
     implicit: Mutex<HashMap<(String, String), String>>,
     /// The running upstream of each `shared` endpoint.
     shared_upstreams: Mutex<HashMap<String, SharedUpstream>>,
+    /// Sessions being started and not yet in `sessions`; counted against `max_sessions`.
+    starting: AtomicUsize,
+}
+
+/// A claimed session slot; released when dropped (by then the session is in the map, or failed).
+struct SlotReservation<'a>(&'a AtomicUsize);
+
+impl Drop for SlotReservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl HttpProxy {
@@ -90,6 +102,7 @@ impl HttpProxy {
             sessions: Mutex::default(),
             implicit: Mutex::default(),
             shared_upstreams: Mutex::default(),
+            starting: AtomicUsize::new(0),
         })
     }
 
@@ -110,7 +123,7 @@ impl HttpProxy {
     pub async fn close_all(&self) {
         let sessions: Vec<_> = self.sessions.lock().expect("lock").values().cloned().collect();
         for session in &sessions {
-            session.close();
+            session.close_because("the proxy shut down");
         }
         for session in sessions {
             let _ = tokio::time::timeout(UPSTREAM_GRACE * 2, session.ended.cancelled()).await;
@@ -123,7 +136,7 @@ impl HttpProxy {
         for session in self.sessions.lock().expect("lock").values() {
             if session.idle_for() > timeout && !session.has_open_streams() {
                 tracing::info!(session = %session.id, agent = %session.agent, "closing an idle session");
-                session.close();
+                session.close_because(&format!("idle for more than {} s", timeout.as_secs()));
             }
         }
     }
@@ -139,15 +152,8 @@ impl HttpProxy {
         server: &str,
         endpoint: &Endpoint,
     ) -> Result<Arc<HttpSession>, Response> {
-        if self.session_count() >= self.settings.max_sessions {
-            return Err(error_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "the proxy has reached its limit of {} sessions",
-                    self.settings.max_sessions
-                ),
-            ));
-        }
+        // Held until the session is in the map, so concurrent starts cannot overshoot the limit.
+        let _slot = self.reserve_slot()?;
         let pipe = self.upstream_for(server, endpoint).map_err(|error| {
             tracing::error!(%error, %server, "cannot start the upstream");
             error_reply(
@@ -169,6 +175,7 @@ impl HttpProxy {
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
         let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
         let session = HttpSession::new(id.clone(), agent.to_owned(), server.to_owned(), to_relay);
+        session.set_recorder(recorder.clone());
         let call_timeout = endpoint.call_timeout;
         tokio::spawn(session.clone().dispatch(dispatcher_in));
         tokio::spawn(async move {
@@ -189,6 +196,21 @@ impl HttpProxy {
         });
         tracing::info!(session = %session.id, %agent, %server, "session started");
         Ok(session)
+    }
+
+    /// Claims room for one more session, or refuses with 503.
+    fn reserve_slot(&self) -> Result<SlotReservation<'_>, Response> {
+        let sessions = self.sessions.lock().expect("lock");
+        let starting = self.starting.load(Ordering::SeqCst);
+        if sessions.len() + starting >= self.settings.max_sessions {
+            let limit = self.settings.max_sessions;
+            return Err(error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the proxy has reached its limit of {limit} sessions"),
+            ));
+        }
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        Ok(SlotReservation(&self.starting))
     }
 
     /// A pipe to the endpoint's upstream: a new connection, or a share of the running one.
@@ -280,6 +302,10 @@ impl HttpProxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             token_agent,
+            session_id: headers
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         };
         tracing::warn!(%server, remote = %remote, %reason, "refused an unauthenticated request");
         if let Err(error) = record_auth_failure(&self.ledger, &failure).await {
@@ -437,7 +463,7 @@ async fn handle_delete(
     };
     match proxy.owned_session(&server, &agent, remote, &headers).await {
         Ok(Some(session)) => {
-            session.close();
+            session.close_because("the agent ended the session (HTTP DELETE)");
             // Answer once the session's end is recorded, so a client that deletes and then
             // audits sees it.
             let _ = tokio::time::timeout(UPSTREAM_GRACE * 2, session.ended.cancelled()).await;

@@ -53,6 +53,8 @@ pub struct HttpSession {
     last_active: Mutex<Instant>,
     /// Cancelled once the relay has ended and every stream was closed.
     pub ended: CancellationToken,
+    /// Told why the session closed, when the closing is ours (DELETE, expiry, shutdown).
+    recorder: Mutex<Option<crate::intercept::SessionRecorder>>,
 }
 
 /// The requests in one POST body: (id key, progress token key) for each.
@@ -75,7 +77,13 @@ impl HttpSession {
             routes: Mutex::default(),
             last_active: Mutex::new(Instant::now()),
             ended: CancellationToken::new(),
+            recorder: Mutex::default(),
         })
+    }
+
+    /// Lets [`Self::close_because`] put its reason into the session's `session_end`.
+    pub fn set_recorder(&self, recorder: crate::intercept::SessionRecorder) {
+        *self.recorder.lock().expect("lock") = Some(recorder);
     }
 
     pub fn touch(&self) {
@@ -86,9 +94,12 @@ impl HttpSession {
         self.last_active.lock().expect("lock").elapsed()
     }
 
+    /// Whether a client is still listening on one of the session's streams. A stream whose
+    /// client went away does not count: it must not keep an idle session alive.
     pub fn has_open_streams(&self) -> bool {
         let routes = self.routes.lock().expect("lock");
-        !routes.posts.is_empty() || routes.standalone.is_some()
+        routes.posts.values().any(|p| !p.sender.is_closed())
+            || routes.standalone.as_ref().is_some_and(|s| !s.is_closed())
     }
 
     /// Opens a stream for a POST whose requests are `posted`; its receiver yields every message
@@ -138,6 +149,14 @@ impl HttpSession {
     /// Ends the agent's side: the relay records the end of the session and stops the upstream.
     pub fn close(&self) {
         self.to_relay.lock().expect("lock").take();
+    }
+
+    /// [`Self::close`], recording `reason` as why the session ended.
+    pub fn close_because(&self, reason: &str) {
+        if let Some(recorder) = self.recorder.lock().expect("lock").as_ref() {
+            recorder.set_end_reason(reason);
+        }
+        self.close();
     }
 
     /// Routes lines the relay writes toward the agent until the relay closes them, then answers

@@ -181,6 +181,13 @@ pub(super) fn error_chain(error: &reqwest::Error) -> String {
     text
 }
 
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Everything one upstream connection shares between its tasks.
 pub(super) struct Upstream {
     client: reqwest::Client,
@@ -202,11 +209,19 @@ impl Upstream {
         config: &HttpUpstreamConfig,
         lines: mpsc::Sender<Vec<u8>>,
     ) -> Result<Upstream, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION")));
+        if is_loopback(&config.url) {
+            // Servers that do not set TCP_NODELAY (axum's default) write an SSE response in two
+            // small writes; on a reused keep-alive connection Nagle's algorithm then holds the
+            // second until our delayed ACK, ~40 ms later. A fresh connection starts in quick-ACK
+            // mode and costs next to nothing on loopback; remote servers keep pooled connections,
+            // where a new TLS handshake would cost more than it saves.
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build()?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if RESERVED.contains(&name.as_str()) {

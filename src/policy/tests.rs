@@ -1,0 +1,548 @@
+//! Evaluation: globs, every operator, precedence, the default, budgets, targets, the digest and
+//! what a decision records. Load errors are in `tests/errors.rs`, the shipped examples in
+//! `tests/examples.rs`.
+
+mod errors;
+mod examples;
+
+use serde_json::json;
+
+use super::rule::Glob;
+use super::*;
+
+const FILE: &str = "policies/test.toml";
+
+fn load(text: &str) -> PolicySet {
+    load_with(Effect::Allow, text)
+}
+
+fn load_with(default: Effect, text: &str) -> PolicySet {
+    PolicySet::from_sources(&[(PathBuf::from(FILE), text.to_owned())], default)
+        .unwrap_or_else(|e| panic!("policy does not load:\n{e}"))
+}
+
+fn call<'a>(tool: &'a str, arguments: &'a Value) -> CallContext<'a> {
+    CallContext { agent: "support-bot", server: "customer-ops", tool, arguments, spent_today: None }
+}
+
+/// The name of the rule that decided, or `-` for the default.
+fn decided_by(set: &PolicySet, call: &CallContext<'_>) -> (Effect, String) {
+    let decision = set.evaluate(call);
+    (decision.effect(), decision.rule().map_or("-".to_owned(), |r| r.name.clone()))
+}
+
+/// A set with one deny rule on tool `t` whose only predicate is `predicate` (a TOML inline
+/// table body), and whether it denies `arguments`.
+fn holds(predicate: &str, arguments: Value) -> bool {
+    let set = load(&format!(
+        "[[rule]]\nname = \"r\"\neffect = \"deny\"\ntool = \"t\"\nwhen = [{{ {predicate} }}]\n"
+    ));
+    set.evaluate(&call("t", &arguments)).effect() == Effect::Deny
+}
+
+#[test]
+fn globs_match_star_and_question_mark() {
+    let glob = |p: &str, t: &str| Glob(p.to_owned()).matches(t);
+    assert!(glob("*", ""));
+    assert!(glob("*", "anything at all"));
+    assert!(glob("send_email", "send_email"));
+    assert!(!glob("send_email", "send_emails"));
+    assert!(!glob("send_email", "Send_email"), "case-sensitive");
+    assert!(glob("send_*", "send_email"));
+    assert!(glob("send_*", "send_"));
+    assert!(glob("*_email", "send_email"));
+    assert!(glob("*email*", "bulk_email_send"));
+    assert!(glob("a*b*c", "axxbyybzc"));
+    assert!(!glob("a*b*c", "axxbyyc"));
+    assert!(glob("a*bc", "abcbc"), "backtracks past an early partial match");
+    assert!(glob("db-?", "db-1"));
+    assert!(!glob("db-?", "db-10"));
+    assert!(!glob("db-?", "db-"));
+    assert!(glob("caf?", "café"), "? is one character, not one byte");
+    assert!(glob("**", "x"));
+    assert!(!glob("", "x"));
+}
+
+#[test]
+fn agent_server_and_tool_patterns_all_have_to_match() {
+    let set = load(
+        r#"
+        [[rule]]
+        name = "r"
+        effect = "deny"
+        agent = ["support-*", "ops"]
+        server = "customer-?ps"
+        tool = "issue_*"
+        "#,
+    );
+    let args = json!({});
+    let with = |agent, server, tool| {
+        let call = CallContext { agent, server, tool, arguments: &args, spent_today: None };
+        set.evaluate(&call).effect()
+    };
+    assert_eq!(with("support-bot", "customer-ops", "issue_refund"), Effect::Deny);
+    assert_eq!(with("ops", "customer-ops", "issue_refund"), Effect::Deny);
+    assert_eq!(with("sales-bot", "customer-ops", "issue_refund"), Effect::Allow);
+    assert_eq!(with("support-bot", "billing", "issue_refund"), Effect::Allow);
+    assert_eq!(with("support-bot", "customer-ops", "lookup_customer"), Effect::Allow);
+}
+
+#[test]
+fn equals_compares_json_values_and_numbers_by_value() {
+    assert!(holds(r#"arg = "/to", equals = "a@example.com""#, json!({ "to": "a@example.com" })));
+    assert!(!holds(r#"arg = "/to", equals = "a@example.com""#, json!({ "to": "b@example.com" })));
+    assert!(holds(r#"arg = "/amount", equals = 500"#, json!({ "amount": 500.0 })));
+    assert!(holds(r#"arg = "/amount", equals = 500.0"#, json!({ "amount": 500 })));
+    assert!(!holds(r#"arg = "/amount", equals = 500"#, json!({ "amount": "500" })), "type matters");
+    assert!(holds(r#"arg = "/dry_run", equals = false"#, json!({ "dry_run": false })));
+    assert!(holds(r#"arg = "/to", equals = ["a", 1]"#, json!({ "to": ["a", 1.0] })));
+    assert!(!holds(r#"arg = "/to", equals = "a""#, json!({ "to": ["a"] })), "whole value");
+    assert!(holds(r#"arg = "/o", equals = { k = 1 }"#, json!({ "o": { "k": 1 } })));
+    assert!(!holds(r#"arg = "/o", equals = { k = 1 }"#, json!({ "o": { "k": 1, "j": 2 } })));
+    assert!(!holds(r#"arg = "/to", equals = "x""#, json!({})), "absent never equals");
+}
+
+#[test]
+fn not_equals_needs_a_present_value() {
+    assert!(holds(r#"arg = "/currency", not_equals = "USD""#, json!({ "currency": "EUR" })));
+    assert!(!holds(r#"arg = "/currency", not_equals = "USD""#, json!({ "currency": "USD" })));
+    assert!(!holds(r#"arg = "/currency", not_equals = "USD""#, json!({})));
+}
+
+#[test]
+fn one_of_and_not_one_of_test_scalars_and_any_array_element() {
+    let one_of = r#"arg = "/env", one_of = ["prod", "production"]"#;
+    assert!(holds(one_of, json!({ "env": "prod" })));
+    assert!(!holds(one_of, json!({ "env": "staging" })));
+    assert!(holds(one_of, json!({ "env": ["staging", "production"] })));
+    assert!(!holds(one_of, json!({ "env": [] })));
+    assert!(!holds(one_of, json!({})));
+    assert!(holds(r#"arg = "/n", one_of = [1, 2]"#, json!({ "n": 2.0 })));
+
+    let not_one_of = r#"arg = "/to", not_one_of = ["a@example.com", "b@example.com"]"#;
+    assert!(holds(not_one_of, json!({ "to": "eve@evil.example" })));
+    assert!(!holds(not_one_of, json!({ "to": "a@example.com" })));
+    assert!(holds(not_one_of, json!({ "to": ["a@example.com", "eve@evil.example"] })));
+    assert!(!holds(not_one_of, json!({ "to": ["a@example.com", "b@example.com"] })));
+    assert!(!holds(not_one_of, json!({})));
+}
+
+#[test]
+fn matches_and_not_matches_apply_to_strings_and_array_elements() {
+    let matches = r#"arg = "/sql", matches = '(?i)\bdrop\s+table\b'"#;
+    assert!(holds(matches, json!({ "sql": "DROP TABLE users" })));
+    assert!(holds(matches, json!({ "sql": "select 1; drop table users" })), "unanchored");
+    assert!(!holds(matches, json!({ "sql": "select drop_table from t" })));
+    assert!(!holds(matches, json!({ "sql": 42 })), "not a string: no match");
+    assert!(holds(matches, json!({ "sql": ["select 1", "drop table t"] })));
+    assert!(!holds(matches, json!({})));
+
+    let outside = r#"arg = "/to", not_matches = '@example\.com$'"#;
+    assert!(holds(outside, json!({ "to": "eve@evil.example" })));
+    assert!(!holds(outside, json!({ "to": "dana@example.com" })));
+    assert!(holds(outside, json!({ "to": ["dana@example.com", "eve@evil.example"] })));
+    assert!(!holds(outside, json!({ "to": ["dana@example.com"] })));
+    assert!(holds(outside, json!({ "to": { "address": "dana@example.com" } })), "not a string");
+    assert!(!holds(outside, json!({})), "absent");
+}
+
+#[test]
+fn comparisons_take_numbers_and_numeric_strings() {
+    for (op, results) in [
+        ("gt", [false, false, true]),
+        ("gte", [false, true, true]),
+        ("lt", [true, false, false]),
+        ("lte", [true, true, false]),
+    ] {
+        for (amount, expected) in [499.99, 500.0, 500.01].into_iter().zip(results) {
+            let predicate = format!(r#"arg = "/amount", {op} = 500"#);
+            assert_eq!(holds(&predicate, json!({ "amount": amount })), expected, "{op} {amount}");
+        }
+    }
+    assert!(holds(r#"arg = "/amount", gt = 500"#, json!({ "amount": "750.00" })));
+    assert!(holds(r#"arg = "/amount", gt = 500"#, json!({ "amount": " 501 " })));
+    assert!(holds(r#"arg = "/amount", gt = 499.5"#, json!({ "amount": 500 })));
+    assert!(holds(r#"arg = "/amount", gt = -1"#, json!({ "amount": 0 })));
+    assert!(!holds(r#"arg = "/amount", gt = 500"#, json!({ "amount": "a lot" })));
+    assert!(!holds(r#"arg = "/amount", gt = 500"#, json!({ "amount": "inf" })));
+    assert!(!holds(r#"arg = "/amount", gt = 500"#, json!({ "amount": true })));
+    assert!(!holds(r#"arg = "/amount", gt = 500"#, json!({})));
+    assert!(holds(r#"arg = "/amounts", gt = 500"#, json!({ "amounts": [10, 900] })));
+}
+
+#[test]
+fn several_operators_in_one_entry_and_several_entries_all_must_hold() {
+    let range = r#"arg = "/amount", gt = 100, lte = 500"#;
+    assert!(holds(range, json!({ "amount": 300 })));
+    assert!(!holds(range, json!({ "amount": 100 })));
+    assert!(!holds(range, json!({ "amount": 501 })));
+
+    let set = load(
+        r#"
+        [[rule]]
+        name = "r"
+        effect = "deny"
+        [[rule.when]]
+        arg = "/currency"
+        equals = "USD"
+        [[rule.when]]
+        arg = "/amount"
+        gt = 10
+        "#,
+    );
+    let effect = |args: Value| set.evaluate(&call("t", &args)).effect();
+    assert_eq!(effect(json!({ "currency": "USD", "amount": 11 })), Effect::Deny);
+    assert_eq!(effect(json!({ "currency": "EUR", "amount": 11 })), Effect::Allow);
+    assert_eq!(effect(json!({ "currency": "USD", "amount": 9 })), Effect::Allow);
+}
+
+#[test]
+fn absent_distinguishes_missing_from_null_and_pointers_follow_rfc_6901() {
+    assert!(holds(r#"arg = "/reason", absent = true"#, json!({})));
+    assert!(!holds(r#"arg = "/reason", absent = true"#, json!({ "reason": null })));
+    assert!(holds(r#"arg = "/reason", absent = false"#, json!({ "reason": null })));
+    assert!(!holds(r#"arg = "/reason", absent = false"#, json!({})));
+    assert!(holds(r#"arg = "/reason", absent = true"#, Value::Null), "no arguments at all");
+
+    assert!(holds(r#"arg = "/a/0/b", equals = 1"#, json!({ "a": [{ "b": 1 }] })));
+    assert!(holds(r#"arg = "/a~1b/c~0d", equals = 1"#, json!({ "a/b": { "c~d": 1 } })));
+    assert!(holds(r#"arg = "", equals = { x = 1 }"#, json!({ "x": 1 })), "\"\" is the whole");
+}
+
+#[test]
+fn the_most_restrictive_effect_wins_then_the_first_in_load_order() {
+    let rule = |name: &str, effect: &str, cost: u32| {
+        format!("[[rule]]\nname = \"{name}\"\neffect = \"{effect}\"\ncost = {cost}\n")
+    };
+    let args = json!({});
+    for order in [["allow", "hold", "deny"], ["deny", "hold", "allow"], ["hold", "deny", "allow"]] {
+        let text: String = order.iter().map(|e| rule(&format!("{e}-1"), e, 1)).collect();
+        assert_eq!(decided_by(&load(&text), &call("t", &args)), (Effect::Deny, "deny-1".into()));
+    }
+    let text = rule("allow-1", "allow", 1) + &rule("hold-1", "hold", 2) + &rule("hold-2", "hold", 3);
+    let set = load(&text);
+    assert_eq!(decided_by(&set, &call("t", &args)), (Effect::Hold, "hold-1".into()));
+    assert_eq!(set.evaluate(&call("t", &args)).cost(), 2.0, "the deciding rule's cost");
+
+    let text = rule("allow-1", "allow", 1) + &rule("allow-2", "allow", 7);
+    let decision = load(&text).evaluate(&call("t", &args));
+    assert_eq!(decision.rule().map(|r| r.name.as_str()), Some("allow-1"));
+    assert_eq!(decision.cost(), 1.0);
+}
+
+#[test]
+fn the_default_decides_when_no_rule_matches() {
+    let text = "[[rule]]\nname = \"r\"\neffect = \"deny\"\ntool = \"drop_*\"\n";
+    let args = json!({});
+    let allow = load_with(Effect::Allow, text).evaluate(&call("lookup", &args));
+    assert_eq!(allow, Decision::Allow { rule: None, cost: 0.0, target: None });
+
+    let deny = load_with(Effect::Deny, text).evaluate(&call("lookup", &args));
+    assert!(
+        matches!(&deny, Decision::Deny { rule: None, reason, budget: None, .. } if reason.contains("default is deny")),
+        "{deny:?}"
+    );
+
+    let hold = load_with(Effect::Hold, text).evaluate(&call("lookup", &args));
+    let Decision::Hold { rule: None, approvers, expires_after, .. } = &hold else {
+        panic!("{hold:?}")
+    };
+    assert!(approvers.is_empty());
+    assert_eq!(*expires_after, DEFAULT_HOLD_EXPIRY);
+
+    // A rule still beats the default, even a less restrictive one.
+    let text = "[[rule]]\nname = \"lookups\"\neffect = \"allow\"\ntool = \"lookup\"\n";
+    let set = load_with(Effect::Deny, text);
+    assert_eq!(decided_by(&set, &call("lookup", &args)), (Effect::Allow, "lookups".into()));
+    assert_eq!(decided_by(&set, &call("other", &args)), (Effect::Deny, "-".into()));
+}
+
+#[test]
+fn a_rule_decides_with_its_reason_approvers_expiry_cost_and_target() {
+    let set = load(
+        r#"
+        [[rule]]
+        name = "hold-refunds"
+        effect = "hold"
+        tool = "issue_refund"
+        reason = "large refund"
+        cost = 2.5
+        target = "/customer_id"
+        approvers = ["alice", "bob"]
+        expires_after = "1h30m"
+
+        [[rule]]
+        name = "deny-wipes"
+        effect = "deny"
+        tool = "wipe"
+        target = "/disk"
+        "#,
+    );
+    let args = json!({ "customer_id": "cus_1001", "disk": { "id": 7 } });
+    let hold = set.evaluate(&call("issue_refund", &args));
+    let rule = RuleRef { name: "hold-refunds".into(), file: FILE.into(), line: 3 };
+    assert_eq!(
+        hold,
+        Decision::Hold {
+            rule: Some(rule),
+            reason: Some("large refund".into()),
+            approvers: vec!["alice".into(), "bob".into()],
+            expires_after: Duration::from_secs(5400),
+            cost: 2.5,
+            target: Some("cus_1001".into()),
+        }
+    );
+    let deny = set.evaluate(&call("wipe", &args));
+    let Decision::Deny { reason, target, .. } = &deny else { panic!("{deny:?}") };
+    assert_eq!(reason, "denied by policy rule `deny-wipes`", "a reason is always given");
+    assert_eq!(target.as_deref(), Some(r#"{"id":7}"#), "non-strings as JSON text");
+    assert_eq!(set.evaluate(&call("wipe", &json!({}))).target(), None, "target not in the call");
+}
+
+fn budget_set() -> PolicySet {
+    load(
+        r#"
+        [[rule]]
+        name = "searches"
+        effect = "allow"
+        tool = "search"
+        cost = 5
+        [[rule]]
+        name = "hold-exports"
+        effect = "hold"
+        tool = "export"
+        cost = 5
+        [[rule]]
+        name = "deny-wipes"
+        effect = "deny"
+        tool = "wipe"
+        cost = 5
+
+        [budgets]
+        support-bot = 100
+        "*" = 10
+        "#,
+    )
+}
+
+fn spending(set: &PolicySet, agent: &str, tool: &str, spent: Option<f64>) -> Decision {
+    let args = json!({});
+    set.evaluate(&CallContext { agent, server: "s", tool, arguments: &args, spent_today: spent })
+}
+
+#[test]
+fn budgets_deny_calls_beyond_them_and_name_the_budget() {
+    let set = budget_set();
+    assert_eq!(set.budget_for("support-bot"), Some(Budget { key: "support-bot".into(), limit: 100.0 }));
+    assert_eq!(set.budget_for("other"), Some(Budget { key: "*".into(), limit: 10.0 }));
+
+    let allowed = spending(&set, "support-bot", "search", Some(95.0));
+    assert_eq!(allowed.effect(), Effect::Allow, "95 + 5 is exactly the budget");
+    let denied = spending(&set, "support-bot", "search", Some(95.5));
+    assert_eq!(
+        denied,
+        Decision::Deny {
+            rule: None,
+            reason: "daily budget `support-bot` exceeded: agent `support-bot` has spent 95.5 of \
+                     100 credits today and this call costs 5"
+                .into(),
+            cost: 5.0,
+            target: None,
+            budget: Some(BudgetExceeded {
+                budget: "support-bot".into(),
+                limit: 100.0,
+                spent_today: Some(95.5),
+                cost: 5.0,
+            }),
+        }
+    );
+    assert_eq!(spending(&set, "other", "search", Some(6.0)).effect(), Effect::Deny, "`*` applies");
+    assert_eq!(spending(&set, "other", "search", Some(5.0)).effect(), Effect::Allow);
+    assert_eq!(spending(&set, "other", "export", Some(6.0)).effect(), Effect::Deny, "holds too");
+    assert_eq!(spending(&set, "other", "export", Some(0.0)).effect(), Effect::Hold);
+    // The default decides unmatched calls at cost 0: allowed up to the budget.
+    assert_eq!(spending(&set, "other", "lookup", Some(10.0)).effect(), Effect::Allow);
+    assert_eq!(spending(&set, "other", "lookup", Some(10.5)).effect(), Effect::Deny);
+
+    // A rule's deny stays the rule's, whatever the budget.
+    let wipe = spending(&set, "other", "wipe", Some(1000.0));
+    assert_eq!(wipe.rule().map(|r| r.name.as_str()), Some("deny-wipes"));
+    assert!(matches!(wipe, Decision::Deny { budget: None, .. }));
+}
+
+#[test]
+fn a_budget_without_todays_spending_denies() {
+    let set = budget_set();
+    let decision = spending(&set, "support-bot", "search", None);
+    let Decision::Deny { reason, budget: Some(budget), .. } = &decision else {
+        panic!("{decision:?}")
+    };
+    assert!(reason.contains("today's spending is unknown"), "{reason}");
+    assert_eq!(budget.spent_today, None);
+    assert_eq!(spending(&set, "x", "search", Some(f64::NAN)).effect(), Effect::Deny);
+
+    let no_budgets = load("[[rule]]\nname = \"r\"\neffect = \"allow\"\ncost = 5\n");
+    assert_eq!(no_budgets.budget_for("support-bot"), None);
+    assert_eq!(spending(&no_budgets, "support-bot", "search", None).effect(), Effect::Allow);
+}
+
+#[test]
+fn authorized_by_follows_the_grammar() {
+    let set = load("[[rule]]\nname = \"lookups.v2\"\neffect = \"allow\"\ntool = \"lookup\"\n");
+    let args = json!({});
+    let digest = set.digest();
+    let by_rule = set.evaluate(&call("lookup", &args));
+    assert_eq!(by_rule.authorized_by(digest), Some(format!("policy:lookups.v2@{}", &digest[..12])));
+    assert_eq!(set.digest_prefix(), &digest[..12]);
+    let by_default = set.evaluate(&call("other", &args));
+    assert_eq!(by_default.authorized_by(digest).as_deref(), Some("default:allow"));
+
+    let all = PolicySet::allow_all();
+    let decision = all.evaluate(&call("anything", &args));
+    assert_eq!(decision, Decision::Allow { rule: None, cost: 0.0, target: None });
+    assert_eq!(decision.authorized_by(all.digest()).as_deref(), Some("default:allow"));
+
+    let strict = load("[[rule]]\nname = \"d\"\neffect = \"deny\"\n[[rule]]\nname = \"h\"\neffect = \"hold\"\ntool = \"h\"\n");
+    assert_eq!(strict.evaluate(&call("x", &args)).authorized_by(digest), None, "deny");
+    let hold = load("[[rule]]\nname = \"h\"\neffect = \"hold\"\n").evaluate(&call("x", &args));
+    assert_eq!(hold.authorized_by(digest), None, "a hold is authorized by its approval");
+}
+
+#[test]
+fn records_carry_every_key() {
+    let digest = "ab".repeat(32);
+    let allow = Decision::Allow { rule: None, cost: 0.0, target: None };
+    assert_eq!(
+        allow.to_record(&digest),
+        json!({
+            "effect": "allow", "rule": null, "reason": null, "policy_digest": digest, "cost": 0,
+            "target": null, "approvers": [], "expires_after_secs": null, "budget": null,
+        })
+    );
+    let rule = RuleRef { name: "hold-refunds".into(), file: FILE.into(), line: 3 };
+    let hold = Decision::Hold {
+        rule: Some(rule),
+        reason: Some("large refund".into()),
+        approvers: vec!["alice".into()],
+        expires_after: Duration::from_secs(7200),
+        cost: 2.5,
+        target: Some("cus_1001".into()),
+    };
+    assert_eq!(
+        hold.to_record(&digest),
+        json!({
+            "effect": "hold", "rule": "hold-refunds", "reason": "large refund",
+            "policy_digest": digest, "cost": 2.5, "target": "cus_1001", "approvers": ["alice"],
+            "expires_after_secs": 7200, "budget": null,
+        })
+    );
+    let denied = spending(&budget_set(), "other", "search", Some(8.0));
+    let record = denied.to_record(&digest);
+    assert_eq!(record["effect"], "deny");
+    assert_eq!(record["rule"], Value::Null);
+    assert_eq!(record["cost"], json!(5));
+    assert_eq!(record["budget"], json!({ "budget": "*", "limit": 10, "spent_today": 8, "cost": 5 }));
+}
+
+const DIGEST_BASE: &str = r#"
+[[rule]]
+name = "hold-refunds"
+effect = "hold"
+tool = "issue_refund"
+when = [{ arg = "/amount", gt = 500 }]
+
+[budgets]
+bot = 10
+"#;
+
+#[test]
+fn the_digest_ignores_layout_and_follows_meaning() {
+    let base = load(DIGEST_BASE);
+    let digest = base.digest();
+    assert_eq!(digest.len(), 64);
+    assert!(digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{digest}");
+    assert_eq!(load(DIGEST_BASE).digest(), digest, "stable");
+
+    let same = [
+        // Comments, blank lines, indentation, key order, table form, explicit defaults, 500.0.
+        "# refunds\n\n[budgets]\nbot = 10.0\n\n  [[rule]]\n  tool = [\"issue_refund\"]   # the tool\n  effect = \"hold\"\n  name = \"hold-refunds\"\n  agent = \"*\"\n  cost = 0\n  [[rule.when]]\n  gt = 500.0\n  arg = \"/amount\"\n",
+    ];
+    for text in same {
+        assert_eq!(load(text).digest(), digest, "{text}");
+    }
+    // The same rule split over two differently named files.
+    let split = PolicySet::from_sources(
+        &[
+            ("x/a.toml".into(), DIGEST_BASE.replace("[budgets]\nbot = 10\n", "")),
+            ("y/b.toml".into(), "[budgets]\nbot = 10\n".into()),
+        ],
+        Effect::Allow,
+    )
+    .expect("loads");
+    assert_eq!(split.digest(), digest);
+
+    let changed = [
+        DIGEST_BASE.replace("gt = 500", "gt = 501"),
+        DIGEST_BASE.replace("gt = 500", "gte = 500"),
+        DIGEST_BASE.replace("hold-refunds", "hold-refund"),
+        DIGEST_BASE.replace("\"hold\"", "\"deny\""),
+        DIGEST_BASE.replace("issue_refund", "issue_*"),
+        DIGEST_BASE.replace("bot = 10", "bot = 11"),
+        DIGEST_BASE.replace("[budgets]\nbot = 10\n", ""),
+        DIGEST_BASE.replace("effect = \"hold\"", "effect = \"hold\"\ncost = 1"),
+        DIGEST_BASE.replace("effect = \"hold\"", "effect = \"hold\"\nexpires_after = \"1h\""),
+        DIGEST_BASE.to_owned() + "[[rule]]\nname = \"more\"\neffect = \"allow\"\n",
+    ];
+    for text in &changed {
+        assert_ne!(load(text).digest(), digest, "{text}");
+    }
+    assert_ne!(load_with(Effect::Deny, DIGEST_BASE).digest(), digest, "the default counts");
+
+    // Order decides among equal effects, so it is part of the digest.
+    let a = "[[rule]]\nname = \"a\"\neffect = \"allow\"\ncost = 1\n";
+    let b = "[[rule]]\nname = \"b\"\neffect = \"allow\"\ncost = 2\n";
+    assert_ne!(load(&format!("{a}{b}")).digest(), load(&format!("{b}{a}")).digest());
+
+    let empty = PolicySet::from_sources(&[], Effect::Allow).expect("empty");
+    assert_eq!(empty.digest(), PolicySet::allow_all().digest());
+}
+
+#[test]
+fn effects_order_by_restrictiveness_and_parse_lower_case() {
+    assert!(Effect::Allow < Effect::Hold && Effect::Hold < Effect::Deny);
+    for effect in [Effect::Allow, Effect::Hold, Effect::Deny] {
+        assert_eq!(effect.as_str().parse::<Effect>(), Ok(effect));
+        assert_eq!(effect.to_string(), effect.as_str());
+    }
+    assert_eq!("Allow".parse::<Effect>(), Err(()));
+}
+
+#[test]
+fn load_dir_reads_top_level_toml_files_in_name_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+    write("20-second.toml", "[[rule]]\nname = \"second\"\neffect = \"allow\"\n");
+    write("10-first.toml", "\n[[rule]]\nname = \"first\"\neffect = \"allow\"\n");
+    write("notes.md", "not a policy");
+    write(".#10-first.toml", "editor lock file, not toml");
+    std::fs::create_dir(dir.path().join("examples")).expect("mkdir");
+    write("examples/x.toml", "not toml, not loaded");
+
+    let set = PolicySet::load_dir(dir.path(), Effect::Allow).expect("loads");
+    assert_eq!(set.file_count(), 2);
+    assert_eq!(set.rule_count(), 2);
+    let rules: Vec<_> = set.rules().cloned().collect();
+    assert_eq!(
+        rules,
+        [
+            RuleRef { name: "first".into(), file: dir.path().join("10-first.toml"), line: 3 },
+            RuleRef { name: "second".into(), file: dir.path().join("20-second.toml"), line: 2 },
+        ]
+    );
+    let args = json!({});
+    assert_eq!(decided_by(&set, &call("t", &args)), (Effect::Allow, "first".into()));
+
+    let empty = tempfile::tempdir().expect("temp dir");
+    let set = PolicySet::load_dir(empty.path(), Effect::Allow).expect("an empty dir is valid");
+    assert_eq!((set.rule_count(), set.file_count()), (0, 0));
+}
