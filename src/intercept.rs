@@ -295,8 +295,9 @@ pub struct AuthFailure {
     pub user_agent: Option<String>,
     /// The agent a valid token belonged to, when the token was valid but not for this session.
     pub token_agent: Option<String>,
-    /// The session the request named, when it named one.
-    pub session_id: Option<String>,
+    /// The session the request named, when it named one. Kept in `data`, not in the
+    /// `session_id` column: the attempt is not one of that session's own events.
+    pub target_session: Option<String>,
 }
 
 /// Records an `auth_failed` event. Returns once it is committed.
@@ -311,11 +312,11 @@ pub async fn record_auth_failure(
             "remote_addr": failure.remote_addr,
             "reason": failure.reason,
             "user_agent": failure.user_agent,
+            "target_session": failure.target_session,
         }),
     );
     draft.agent = failure.token_agent.clone();
     draft.server = Some(failure.server.clone());
-    draft.session_id = failure.session_id.clone();
     ledger.append(draft).await?;
     Ok(())
 }

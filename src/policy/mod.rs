@@ -11,6 +11,7 @@
 
 mod decision;
 mod error;
+mod operand;
 mod parse;
 mod rule;
 #[cfg(test)]

@@ -28,10 +28,15 @@ const OPS: &str =
 
 #[test]
 fn toml_syntax_and_shape_errors_are_placed() {
-    assert_eq!(problems("[[rule]\n"), ["policies/test.toml:1:1: SYNTAX"]);
+    assert_eq!(
+        problems("[[rule]\n"),
+        ["policies/test.toml:1:8: unclosed array table, expected `]`"]
+    );
     assert_eq!(
         problems("[[rule]]\nname = \"r\"\nefect = \"deny\"\n"),
-        ["policies/test.toml:3:1: unknown field `efect`, expected one of `name`, `effect`, `agent`, `server`, `tool`, `when`, `reason`, `cost`, `target`, `approvers`, `expires_after`"]
+        [
+            "policies/test.toml:3:1: unknown field `efect`, expected one of `name`, `effect`, `agent`, `server`, `tool`, `when`, `reason`, `cost`, `target`, `approvers`, `expires_after`"
+        ]
     );
     assert_eq!(
         problems("[rules]\n"),
@@ -51,7 +56,9 @@ fn toml_syntax_and_shape_errors_are_placed() {
 fn a_default_in_a_policy_file_points_to_the_configuration() {
     assert_eq!(
         problems("# old placeholder\ndefault = \"allow\"\n"),
-        ["policies/test.toml:2:1: `default` is not set in a policy file but in mcp-ledger.toml (`[policy] default`)"]
+        [
+            "policies/test.toml:2:1: `default` is not set in a policy file but in mcp-ledger.toml (`[policy] default`)"
+        ]
     );
 }
 
@@ -59,7 +66,9 @@ fn a_default_in_a_policy_file_points_to_the_configuration() {
 fn names_and_effects_are_checked() {
     assert_eq!(
         problems("[[rule]]\nname = \"hold refunds\"\neffect = \"hold\"\n"),
-        ["policies/test.toml:2:8: rule `hold refunds`: a rule name may contain only letters, digits, `.`, `_` and `-`"]
+        [
+            "policies/test.toml:2:8: rule `hold refunds`: a rule name may contain only letters, digits, `.`, `_` and `-`"
+        ]
     );
     assert_eq!(
         problems("[[rule]]\nname = \"a@b\"\neffect = \"hold\"\n").len(),
@@ -104,7 +113,9 @@ fn when_entries_need_a_pointer_and_an_operator() {
     );
     assert_eq!(
         rule_problem("deny", "when = [{ arg = \"/amount\" }]"),
-        format!("policies/test.toml:4:9: rule `r`: the `when` entry for `/amount` has no operator; use one of {OPS}")
+        format!(
+            "policies/test.toml:4:9: rule `r`: the `when` entry for `/amount` has no operator; use one of {OPS}"
+        )
     );
     assert_eq!(
         rule_problem("deny", "when = [{ arg = \"amount\", gt = 5 }]"),
@@ -175,7 +186,9 @@ fn hold_settings_cost_and_target_are_checked() {
         rule_problem("hold", "approvers = [\"alice\", \" \"]"),
         "policies/test.toml:4:23: rule `r`: an approver name is empty"
     );
-    for bad in ["\"\"", "\"0s\"", "\"10\"", "\"1w\"", "\"h\"", "\"1h 30m\"", "\"99999999999999999999s\""] {
+    for bad in
+        ["\"\"", "\"0s\"", "\"10\"", "\"1w\"", "\"h\"", "\"1h 30m\"", "\"99999999999999999999s\""]
+    {
         let problem = rule_problem("hold", &format!("expires_after = {bad}"));
         assert!(
             problem.starts_with("policies/test.toml:4:17: rule `r`: `expires_after` must be a duration such as \"90s\", \"30m\", \"4h\", \"1d\" or \"1h30m\", not "),
@@ -198,8 +211,17 @@ fn hold_settings_cost_and_target_are_checked() {
 
 #[test]
 fn durations_combine_units() {
-    for (text, secs) in [("90s", 90), ("30m", 1800), ("4h", 14_400), ("1d", 86_400), ("1h30m", 5400), ("1d12h", 129_600)] {
-        let set = load(&format!("[[rule]]\nname = \"r\"\neffect = \"hold\"\nexpires_after = \"{text}\"\n"));
+    for (text, secs) in [
+        ("90s", 90),
+        ("30m", 1800),
+        ("4h", 14_400),
+        ("1d", 86_400),
+        ("1h30m", 5400),
+        ("1d12h", 129_600),
+    ] {
+        let set = load(&format!(
+            "[[rule]]\nname = \"r\"\neffect = \"hold\"\nexpires_after = \"{text}\"\n"
+        ));
         let decision = set.evaluate(&call("t", &Value::Null));
         let Decision::Hold { expires_after, .. } = decision else { panic!("{decision:?}") };
         assert_eq!(expires_after, Duration::from_secs(secs), "{text}");
@@ -218,7 +240,9 @@ fn budgets_are_checked() {
     );
     assert_eq!(
         problems("[budgets]\n\"support bot\" = 5\n"),
-        ["policies/test.toml:2:1: budget for `support bot`: give an agent name (letters, digits, `.`, `_`, `-`) or \"*\""]
+        [
+            "policies/test.toml:2:1: budget for `support bot`: give an agent name (letters, digits, `.`, `_`, `-`) or \"*\""
+        ]
     );
 }
 
@@ -234,8 +258,12 @@ fn duplicates_across_files_name_both_places() {
         ]
     );
     assert_eq!(
-        problems("[[rule]]\nname = \"r\"\neffect = \"deny\"\n[[rule]]\nname = \"r\"\neffect = \"deny\"\n"),
-        ["policies/test.toml:5:8: rule `r` is already defined at policies/test.toml:2; rule names must be unique"]
+        problems(
+            "[[rule]]\nname = \"r\"\neffect = \"deny\"\n[[rule]]\nname = \"r\"\neffect = \"deny\"\n"
+        ),
+        [
+            "policies/test.toml:5:8: rule `r` is already defined at policies/test.toml:2; rule names must be unique"
+        ]
     );
 }
 

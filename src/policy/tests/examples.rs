@@ -32,13 +32,21 @@ fn email_to_outside_domains_is_held() {
     let email = |to: Value| decide(&set, "send_email", json!({ "to": to, "subject": "s" }), 0.0);
     assert_eq!(email(json!("dana.whitfield@example.com")), (Effect::Allow, "emails".into()));
     assert_eq!(email(json!("Dana <DANA@EXAMPLE.COM>")), (Effect::Allow, "emails".into()));
-    assert_eq!(email(json!("priya.raman@example.org")), (Effect::Hold, "hold-email-to-outside-domain".into()));
+    assert_eq!(
+        email(json!("priya.raman@example.org")),
+        (Effect::Hold, "hold-email-to-outside-domain".into())
+    );
     assert_eq!(email(json!("x@example.com.evil.example")).0, Effect::Hold);
     assert_eq!(email(json!(["a@example.com", "b@gmail.com"])).0, Effect::Hold);
     let cc = json!({ "to": "a@example.com", "cc": ["b@example.com", "eve@evil.example"] });
-    assert_eq!(decide(&set, "send_email", cc, 0.0), (Effect::Hold, "hold-email-cc-outside-domain".into()));
+    assert_eq!(
+        decide(&set, "send_email", cc, 0.0),
+        (Effect::Hold, "hold-email-cc-outside-domain".into())
+    );
 
-    let held = set.evaluate(&call("send_email", &json!({ "to": "p@example.org" })));
+    let arguments = json!({ "to": "p@example.org" });
+    let held =
+        set.evaluate(&CallContext { spent_today: Some(0.0), ..call("send_email", &arguments) });
     let Decision::Hold { approvers, expires_after, target, .. } = held else { panic!("{held:?}") };
     assert_eq!(approvers, ["support-lead", "security-oncall"]);
     assert_eq!(expires_after, Duration::from_secs(4 * 3600));
@@ -74,10 +82,11 @@ fn destructive_sql_is_denied() {
 #[test]
 fn refunds_above_500_are_held_and_need_a_reason() {
     let set = shipped("policies/examples");
-    let refund = |amount: Value| {
-        json!({ "customer_id": "cus_1001", "amount": amount, "currency": "USD", "reason": "dup" })
-    };
-    assert_eq!(decide(&set, "issue_refund", refund(json!(42.5)), 0.0), (Effect::Allow, "refunds".into()));
+    let refund = |amount: Value| json!({ "customer_id": "cus_1001", "amount": amount, "currency": "USD", "reason": "dup" });
+    assert_eq!(
+        decide(&set, "issue_refund", refund(json!(42.5)), 0.0),
+        (Effect::Allow, "refunds".into())
+    );
     assert_eq!(decide(&set, "issue_refund", refund(json!(500)), 0.0).0, Effect::Allow);
     assert_eq!(
         decide(&set, "issue_refund", refund(json!(25000.0)), 0.0),
@@ -104,8 +113,12 @@ fn refunds_above_500_are_held_and_need_a_reason() {
 fn budgets_limit_daily_spending() {
     let set = shipped("policies/examples");
     let lookup = json!({ "customer_id": "cus_1001" });
-    assert_eq!(decide(&set, "lookup_customer", lookup.clone(), 99.0), (Effect::Allow, "lookups".into()));
-    let over = set.evaluate(&CallContext { spent_today: Some(99.5), ..call("lookup_customer", &lookup) });
+    assert_eq!(
+        decide(&set, "lookup_customer", lookup.clone(), 99.0),
+        (Effect::Allow, "lookups".into())
+    );
+    let over =
+        set.evaluate(&CallContext { spent_today: Some(99.5), ..call("lookup_customer", &lookup) });
     let Decision::Deny { reason, budget: Some(budget), .. } = &over else { panic!("{over:?}") };
     assert!(reason.starts_with("daily budget `support-bot` exceeded"), "{reason}");
     assert_eq!((budget.limit, budget.cost), (100.0, 1.0));

@@ -302,7 +302,7 @@ impl HttpProxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             token_agent,
-            session_id: headers
+            target_session: headers
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
