@@ -16,7 +16,7 @@ use super::{Effect, PolicyError, RuleRef};
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
+    rule: Vec<RawRule>,
     #[serde(default)]
     budgets: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
@@ -64,9 +64,9 @@ pub(super) fn parse_file(file: &Path, text: &str) -> ParsedFile {
             return parsed;
         }
     };
-    for entry in raw.rule {
+    for raw in raw.rule {
         let mut problems = Vec::new();
-        if let Some(rule) = source.rule(entry, &mut problems) {
+        if let Some(rule) = source.rule(raw, &mut problems) {
             parsed.rules.push(rule);
         }
         parsed.problems.append(&mut problems);
@@ -119,8 +119,7 @@ impl Source<'_> {
         }
     }
 
-    fn rule(&self, entry: Spanned<RawRule>, problems: &mut Vec<PolicyError>) -> Option<Rule> {
-        let raw = entry.into_inner();
+    fn rule(&self, raw: RawRule, problems: &mut Vec<PolicyError>) -> Option<Rule> {
         let name = raw.name.get_ref().clone();
         let before = problems.len();
         let mut problem = |span: Range<usize>, message: String| {
@@ -132,19 +131,18 @@ impl Source<'_> {
                 "a rule name may contain only letters, digits, `.`, `_` and `-`".to_owned(),
             );
         }
-        let effect = match raw.effect.get_ref().parse::<Effect>() {
-            Ok(effect) => effect,
-            Err(()) => {
-                problem(
-                    raw.effect.span(),
-                    format!(
-                        "unknown effect `{}`; use \"allow\", \"deny\" or \"hold\"",
-                        raw.effect.get_ref().escape_debug()
-                    ),
-                );
-                Effect::Deny
-            }
-        };
+        // `None` when the effect is unknown: then nothing that depends on it is reported.
+        let effect = raw.effect.get_ref().parse::<Effect>().ok();
+        if effect.is_none() {
+            problem(
+                raw.effect.span(),
+                format!(
+                    "unknown effect `{}`; use \"allow\", \"deny\" or \"hold\"",
+                    raw.effect.get_ref().escape_debug()
+                ),
+            );
+        }
+        let not_hold = effect.is_some_and(|e| e != Effect::Hold);
         let mut globs = |key: &str, value: Option<Spanned<toml::Value>>| match value {
             None => vec![Glob("*".to_owned())],
             Some(value) => patterns(value.get_ref()).unwrap_or_else(|message| {
@@ -162,7 +160,7 @@ impl Source<'_> {
             }
         }
         if let Some(reason) = &raw.reason
-            && effect == Effect::Allow
+            && effect == Some(Effect::Allow)
         {
             problem(
                 reason.span(),
@@ -187,7 +185,7 @@ impl Source<'_> {
         });
         let mut approvers = Vec::new();
         if let Some(list) = raw.approvers {
-            if effect != Effect::Hold {
+            if not_hold {
                 problem(list.span(), "`approvers` applies only to `effect = \"hold\"`".to_owned());
             }
             for approver in list.into_inner() {
@@ -198,7 +196,7 @@ impl Source<'_> {
             }
         }
         let expires_after = raw.expires_after.and_then(|value| {
-            if effect != Effect::Hold {
+            if not_hold {
                 problem(
                     value.span(),
                     "`expires_after` applies only to `effect = \"hold\"`".to_owned(),
@@ -217,9 +215,7 @@ impl Source<'_> {
             })
         });
         let reason = raw.reason.map(Spanned::into_inner);
-        if problems.len() > before {
-            return None;
-        }
+        let effect = effect.filter(|_| problems.len() == before)?;
         let (line, column) = self.position(raw.name.span().start);
         Some(Rule {
             at: RuleRef { name, file: self.file.to_owned(), line },

@@ -66,33 +66,51 @@ pub(super) struct Glob(pub String);
 
 impl Glob {
     pub fn matches(&self, text: &str) -> bool {
-        let pattern: Vec<char> = self.0.chars().collect();
-        let text: Vec<char> = text.chars().collect();
-        // Greedy with one backtrack point (the last `*`): linear in practice, never exponential.
-        let (mut p, mut t) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match pattern.get(p) {
-                Some('*') => {
-                    star = Some((p, t));
-                    p += 1;
-                }
-                Some(&c) if c == '?' || c == text[t] => {
-                    p += 1;
-                    t += 1;
-                }
-                _ => match star {
-                    Some((star_p, star_t)) => {
-                        p = star_p + 1;
-                        t = star_t + 1;
-                        star = Some((star_p, star_t + 1));
-                    }
-                    None => return false,
-                },
-            }
+        let pattern = self.0.as_str();
+        if pattern == "*" {
+            return true;
         }
-        pattern[p..].iter().all(|&c| c == '*')
+        if !pattern.contains(['*', '?']) {
+            return pattern == text;
+        }
+        // Bytes are characters when both are ASCII, as names nearly always are: no allocation
+        // on the hot path. Otherwise `?` must see whole characters.
+        if pattern.is_ascii() && text.is_ascii() {
+            wildcard(pattern.as_bytes(), text.as_bytes(), b'*', b'?')
+        } else {
+            let pattern: Vec<char> = pattern.chars().collect();
+            let text: Vec<char> = text.chars().collect();
+            wildcard(&pattern, &text, '*', '?')
+        }
     }
+}
+
+/// Greedy matching with one backtrack point (the last `*` seen): linear in practice, never
+/// exponential.
+fn wildcard<T: Copy + PartialEq>(pattern: &[T], text: &[T], star: T, any: T) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(&c) if c == star => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == any || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    backtrack = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == star)
 }
 
 /// One test on the arguments: the value at `arg` (a JSON pointer) passes `op`.

@@ -107,7 +107,7 @@ impl SharedUpstream {
                     Ok(_) => {}
                 }
                 let trimmed = line.trim_ascii_end().to_vec();
-                reader_inner.from_upstream(trimmed).await;
+                reader_inner.on_upstream_line(trimmed).await;
             }
             // The upstream is gone: every session sees its end.
             reader_inner.alive.store(false, Ordering::SeqCst);
@@ -142,7 +142,7 @@ impl SharedUpstream {
             let _ = writer.shutdown().await;
         });
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.from_session(session, mux_reader).await });
+        tokio::spawn(async move { inner.serve_session(session, mux_reader).await });
         UpstreamPipe {
             reader: Box::pin(BufReader::new(relay_reader)),
             writer: Box::pin(relay_writer),
@@ -185,7 +185,7 @@ fn rewrite(line: &[u8], mut edits: Vec<(usize, usize, String)>) -> Vec<u8> {
 }
 
 impl Inner {
-    async fn from_session(self: Arc<Self>, session: u64, from_relay: DuplexStream) {
+    async fn serve_session(self: Arc<Self>, session: u64, from_relay: DuplexStream) {
         let mut lines = BufReader::new(from_relay).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(line) = self.session_line(session, line.into_bytes()).await {
@@ -341,7 +341,7 @@ impl Inner {
         }
     }
 
-    async fn from_upstream(&self, line: Vec<u8>) {
+    async fn on_upstream_line(&self, line: Vec<u8>) {
         let Some(envelope) = Envelope::parse(&line) else { return self.broadcast(line).await };
         let (target, out) = match envelope.kind() {
             Kind::Response { id } => {

@@ -79,6 +79,9 @@ fn names_and_effects_are_checked() {
         rule_problem("permit", ""),
         "policies/test.toml:3:10: rule `r`: unknown effect `permit`; use \"allow\", \"deny\" or \"hold\""
     );
+    // Nothing is reported that only follows from the unknown effect.
+    let problem = rule_problem("holdd", "approvers = [\"alice\"]\nexpires_after = \"1h\"");
+    assert!(problem.contains("unknown effect `holdd`"), "{problem}");
 }
 
 #[test]
