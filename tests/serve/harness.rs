@@ -1,6 +1,8 @@
 //! Drives the real `mcp-ledger serve` binary: a temporary config and SQLite ledger, the child
 //! process (started, read for its "serving" lines, stopped with SIGTERM), raw HTTP requests and a
 //! hand-written SSE parser, and bounded polling of the ledger.
+// Shared by several test binaries, each of which uses only part of it.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
