@@ -71,3 +71,88 @@ pub fn recorded_methods(server: &ServerConfig) -> RecordedMethods {
         }
     }
 }
+
+/// How often the policy directory is checked for edits.
+const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The policy in force: the files in `--policy DIR` or `[policy] dir`, with `[policy] default`.
+/// An invalid policy stops start-up (a usage error naming each file, line and problem). While
+/// running, edits are picked up within seconds; an invalid edit is reported and the previous
+/// policy stays in force.
+pub fn start_policy(
+    dir_flag: Option<&Path>,
+    config: Option<&Config>,
+) -> Result<crate::intercept::SharedPolicy, CliError> {
+    use crate::policy::{Effect, PolicySet};
+    let default = match config.map(|c| c.policy.default.as_str()) {
+        Some(text) => text.parse::<Effect>().map_err(|()| {
+            CliError::Usage(anyhow::anyhow!(
+                "[policy] default must be allow, hold or deny, not `{text}`"
+            ))
+        })?,
+        None => Effect::Allow,
+    };
+    let dir = dir_flag.map(Path::to_path_buf).or_else(|| config.and_then(|c| c.policy.dir.clone()));
+    let Some(dir) = dir else {
+        let set = if default == Effect::Allow {
+            PolicySet::allow_all()
+        } else {
+            PolicySet::from_sources(&[], default).map_err(|e| CliError::Usage(e.into()))?
+        };
+        return Ok(crate::intercept::SharedPolicy::new(set));
+    };
+    let load = move |dir: &Path| PolicySet::load_dir(dir, default);
+    let set = load(&dir).map_err(|error| {
+        let problems: Vec<String> = error.problems().iter().map(|p| p.to_string()).collect();
+        CliError::Usage(anyhow::anyhow!(
+            "invalid policy; refusing to start:\n{}",
+            problems.join("\n")
+        ))
+    })?;
+    tracing::info!(dir = %dir.display(), rules = set.rule_count(), digest = %set.digest_prefix(), "policy loaded");
+    let shared = crate::intercept::SharedPolicy::new(set);
+    let watched = shared.clone();
+    tokio::spawn(async move {
+        let mut seen = policy_fingerprint(&dir);
+        loop {
+            tokio::time::sleep(POLICY_POLL).await;
+            let now = policy_fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&dir) {
+                Ok(set) => {
+                    tracing::info!(rules = set.rule_count(), digest = %set.digest_prefix(), "policy reloaded");
+                    watched.replace(set);
+                }
+                Err(error) => {
+                    for problem in error.problems() {
+                        tracing::error!(%problem, "policy edit rejected; the previous policy stays in force");
+                    }
+                }
+            }
+        }
+    });
+    Ok(shared)
+}
+
+/// What changes when a policy file is added, removed or edited: names, sizes and times.
+fn policy_fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "toml"))
+        .map(|entry| {
+            let meta = entry.metadata().ok();
+            (
+                entry.path(),
+                meta.as_ref().map_or(0, |m| m.len()),
+                meta.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -2,6 +2,7 @@
 //! it does goes through the library API.
 
 mod agents;
+mod approvals;
 mod bench;
 mod configured;
 mod demo;
@@ -45,6 +46,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage the agents allowed to call `serve` (`agents add NAME` creates a token)
     Agents(agents::AgentsArgs),
+    /// List, show, approve or deny calls held for an operator
+    Approvals(approvals::ApprovalsArgs),
     /// Check policy files (`policy check [DIR]`)
     Policy(policy::PolicyArgs),
     /// Recompute every hash and link; exit 0 intact, 1 tampered, 2 could not check
@@ -72,6 +75,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Stdio(args) => stdio::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Agents(args) => agents::run(args).await,
+        Command::Approvals(args) => approvals::run(args).await,
         Command::Policy(args) => policy::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
         Command::Log(args) => ledger::log(args).await,

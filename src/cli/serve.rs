@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Listen here instead of the file's [listen] addr
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// The policy directory [default: the file's [policy] dir; none: allow and record everything]
+    #[arg(long, value_name = "DIR")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     ledger: LedgerArgs,
 }
@@ -70,7 +73,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .map_err(CliError::Failed)?;
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
 
+    let policy = configured::start_policy(args.policy.as_deref(), Some(&config))?;
     let settings = ServeSettings {
+        policy,
+        store: store.clone(),
         endpoints,
         agents,
         origins: OriginPolicy {

@@ -22,6 +22,9 @@ pub struct StdioArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     ledger: LedgerArgs,
+    /// The policy directory [default: the config's [policy] dir; none: allow and record everything]
+    #[arg(long, value_name = "DIR")]
+    policy: Option<PathBuf>,
     /// The agent this session is recorded for
     #[arg(long, env = "MCP_LEDGER_AGENT", default_value = "anonymous")]
     agent: String,
@@ -49,6 +52,7 @@ struct Plan {
     ledger_url: store::LedgerUrl,
     lock_timeout_ms: u64,
     call_timeout_secs: u64,
+    config: Option<crate::config::Config>,
 }
 
 fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
@@ -67,6 +71,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
             ledger_url,
             lock_timeout_ms,
             call_timeout_secs: args.call_timeout_secs.unwrap_or(DEFAULT_CALL_TIMEOUT_SECS),
+            config,
         });
     }
     let (Some(config), Some(name)) = (&config, &args.server) else {
@@ -91,6 +96,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
         ledger_url,
         lock_timeout_ms,
         call_timeout_secs: args.call_timeout_secs.unwrap_or(server.call_timeout_secs),
+        config: Some(config.clone()),
     })
 }
 
@@ -105,6 +111,8 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         .await
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
+    // An invalid policy stops us before the upstream is started, like an unreachable ledger.
+    let policy = configured::start_policy(args.policy.as_deref(), plan.config.as_ref())?;
     let pipe = upstream::connect(&plan.upstream).map_err(|e| CliError::Usage(e.into()))?;
 
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
@@ -116,7 +124,8 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         upstream: plan.upstream.describe(),
     };
     tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, session_id = %identity.session_id, "recording session");
-    let recorder = SessionRecorder::new(ledger, identity, plan.recorded);
+    let recorder =
+        SessionRecorder::new(ledger, identity, plan.recorded).with_policy(policy, store.clone());
     let call_timeout = (plan.call_timeout_secs > 0)
         .then(|| std::time::Duration::from_secs(plan.call_timeout_secs));
     let end = serve_stdio(recorder, pipe, call_timeout).await;

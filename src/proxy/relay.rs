@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
-use crate::intercept::{Completion, Direction, OpenCall, SessionRecorder};
+use crate::intercept::{
+    Admission, Completion, Direction, HoldOutcome, OpenCall, PendingHold, SessionRecorder,
+};
+use tokio_util::sync::CancellationToken;
 
 /// JSON-RPC error code for "the proxy refused to pass this on" (implementation-defined range).
 pub const LEDGER_UNAVAILABLE: i64 = -32000;
@@ -81,6 +84,8 @@ struct Shared {
     to_upstream: mpsc::WeakSender<Vec<u8>>,
     /// Calls already answered by a timeout, whose late responses must not be passed on.
     timed_out: Mutex<std::collections::HashSet<(Direction, String)>>,
+    /// Calls held for approval, by request id key: cancelling the token ends the wait.
+    held: Mutex<HashMap<String, CancellationToken>>,
     /// Recorded requests from the agent, by id, waiting for the upstream's response.
     open_from_agent: Mutex<HashMap<String, OpenCall>>,
     /// Recorded requests from the upstream, by id, waiting for the agent's response.
@@ -95,6 +100,21 @@ impl Shared {
             Direction::FromAgent => &self.open_from_agent,
             Direction::FromServer => &self.open_from_server,
         }
+    }
+
+    /// Registers a forwarded call as waiting for its response, with its timeout.
+    fn open(self: &Arc<Self>, direction: Direction, id: &RawValue, call: OpenCall) {
+        if let Some(limit) = self.call_timeout {
+            let call_id = call.call_id.clone();
+            tokio::spawn(expire_call(
+                Arc::downgrade(self),
+                direction,
+                id.to_owned(),
+                call_id,
+                limit,
+            ));
+        }
+        self.open_calls(direction).lock().expect("lock").insert(id_key(id), call);
     }
 
     /// The peer that sent requests travelling in `direction`, for answering them.
@@ -153,6 +173,7 @@ where
         to_agent: to_agent.downgrade(),
         to_upstream: to_upstream.downgrade(),
         timed_out: Mutex::default(),
+        held: Mutex::default(),
         open_from_agent: Mutex::default(),
         open_from_server: Mutex::default(),
         handshakes: Mutex::default(),
@@ -394,19 +415,18 @@ fn plan_message(
                         .begin(sender, &method, id.get(), params.as_ref())
                         .await;
                     match call {
-                        Ok(call) => {
-                            if let Some(limit) = shared.call_timeout {
-                                let watch = expire_call(
-                                    Arc::downgrade(&shared),
-                                    sender,
-                                    id.clone(),
-                                    call.call_id.clone(),
-                                    limit,
-                                );
-                                tokio::spawn(watch);
-                            }
-                            shared.open_calls(sender).lock().expect("lock").insert(id_key(&id), call);
+                        Ok(Admission::Forward(call)) => {
+                            shared.open(sender, &id, call);
                             Outcome::forward(raw)
+                        }
+                        Ok(Admission::Refuse { result, .. }) => Outcome::answer(result_response(&id, &result)),
+                        Ok(Admission::Hold(hold)) => {
+                            // The held call waits aside, so that it does not hold up the
+                            // messages behind it; it is forwarded when approved.
+                            let cancel = CancellationToken::new();
+                            shared.held.lock().expect("lock").insert(id_key(&id), cancel.clone());
+                            tokio::spawn(await_hold(Arc::downgrade(&shared), *hold, id, raw, cancel));
+                            Outcome::default()
                         }
                         Err(error) => {
                             tracing::error!(%error, %method, "refusing to forward an unrecorded request");
@@ -475,7 +495,95 @@ fn plan_message(
                 .boxed(),
             )
         }
+        Kind::Notification { method: "notifications/cancelled" }
+            if sender == Direction::FromAgent =>
+        {
+            let request = cancelled_request(envelope.params)?;
+            let held = shared.held.lock().expect("lock").remove(&request)?;
+            // The upstream never saw the held call, so the cancellation is ours to act on.
+            held.cancel();
+            Some(async { Outcome::default() }.boxed())
+        }
         Kind::Notification { .. } | Kind::Other => None,
+    }
+}
+
+/// The request a `notifications/cancelled` names, as an id key.
+fn cancelled_request(params: Option<&RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Cancelled<'a> {
+        #[serde(borrow, rename = "requestId")]
+        request_id: &'a RawValue,
+    }
+    serde_json::from_str::<Cancelled>(params?.get()).ok().map(|c| id_key(c.request_id))
+}
+
+/// A JSON-RPC success response carrying `result`, as one line.
+fn result_response(id: &RawValue, result: &Value) -> Vec<u8> {
+    format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, id.get()).into_bytes()
+}
+
+/// How often a held call tells an agent that gave a progress token that it is still waiting.
+const HOLD_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits out a held call: reports progress while it waits, then forwards it or answers it.
+async fn await_hold(
+    shared: std::sync::Weak<Shared>,
+    hold: PendingHold,
+    id: Box<RawValue>,
+    raw: Vec<u8>,
+    cancel: CancellationToken,
+) {
+    let Some(recorder) = shared.upgrade().map(|s| s.recorder.clone()) else { return };
+    let token = hold.progress_token.clone();
+    let approval_id = hold.request.approval_id.clone();
+    let resolution = recorder.resolve_hold(hold, cancel);
+    tokio::pin!(resolution);
+    let mut ticks = tokio::time::interval(HOLD_PROGRESS_EVERY);
+    let mut progress = 0u64;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut resolution => break outcome,
+            _ = ticks.tick(), if token.is_some() => {
+                let Some(to_agent) = shared.upgrade().and_then(|s| s.to_agent.upgrade()) else { continue };
+                progress += 1;
+                let note = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/progress",
+                    "params": {
+                        "progressToken": token,
+                        "progress": progress,
+                        "message": format!("waiting for an operator to approve this call (approval {approval_id})"),
+                    }
+                });
+                let _ = to_agent.send(note.to_string().into_bytes()).await;
+            }
+        }
+    };
+    let Some(shared) = shared.upgrade() else { return };
+    shared.held.lock().expect("lock").remove(&id_key(&id));
+    let answer = match outcome {
+        Ok(HoldOutcome::Forward(call)) => {
+            shared.open(Direction::FromAgent, &id, call);
+            if let Some(to_upstream) = shared.to_upstream.upgrade() {
+                let _ = to_upstream.send(raw).await;
+            }
+            return;
+        }
+        Ok(HoldOutcome::Refuse(result)) => result_response(&id, &result),
+        Ok(HoldOutcome::Cancelled) => return,
+        Err(error) => {
+            tracing::error!(%error, "cannot record how a held call ended; refusing it");
+            error_response(
+                &id,
+                LEDGER_UNAVAILABLE,
+                "mcp-ledger could not record the outcome of this held call, so it was not forwarded",
+                "ledger_unavailable",
+            )
+        }
+    };
+    if let Some(to_agent) = shared.to_agent.upgrade() {
+        let _ = to_agent.send(answer).await;
     }
 }
 

@@ -22,6 +22,8 @@ pub enum EventType {
     Request,
     Response,
     AuthFailed,
+    ApprovalRequested,
+    ApprovalDecision,
 }
 
 impl EventType {
@@ -34,6 +36,8 @@ impl EventType {
             EventType::Request => "request",
             EventType::Response => "response",
             EventType::AuthFailed => "auth_failed",
+            EventType::ApprovalRequested => "approval_requested",
+            EventType::ApprovalDecision => "approval_decision",
         }
     }
 }

@@ -100,8 +100,47 @@ pub trait Store: Send + Sync + 'static {
     /// Runs the migrations that have not run yet.
     async fn migrate(&self) -> Result<(), StoreError>;
 
+    /// Credits `agent` has spent since midnight UTC: the `cost_credits` of its tool calls that
+    /// were not refused (denied, expired or cancelled), held calls still waiting included.
+    async fn spent_today(&self, agent: &str) -> Result<f64, StoreError>;
+
+    /// Every event whose `data.call_id` is `call_id`, in chain order (indexed).
+    async fn events_for_call(&self, call_id: &str) -> Result<Vec<Event>, StoreError>;
+
+    /// Every event of one `event_type`, in chain order (indexed; meant for rare types such as
+    /// `approval_requested`).
+    async fn events_of_type(&self, event_type: &str) -> Result<Vec<Event>, StoreError>;
+
+    /// Subscribes to appends of `approval_requested` and `approval_decision` events by any
+    /// process. Subscribe *before* reading the state you wait on, so that nothing appended in
+    /// between is missed.
+    async fn watch_approvals(&self) -> Result<Box<dyn ApprovalFeed>, StoreError>;
+
     /// Closes the connections, waiting for those in use.
     async fn close(&self);
+}
+
+/// Wakes a waiter when approval events may have been appended: on Postgres through
+/// LISTEN/NOTIFY (with a slow poll as a safety net), on SQLite by polling.
+#[async_trait]
+pub trait ApprovalFeed: Send {
+    /// Returns when an approval event may have been appended since the previous call, or when
+    /// the store's polling interval has passed, and never later than after `max`. Spurious
+    /// returns are allowed: the caller re-reads the ledger either way.
+    async fn changed(&mut self, max: Duration) -> Result<(), StoreError>;
+}
+
+/// The feed of stores that can only poll: it sleeps for the interval.
+pub(crate) struct PollFeed {
+    interval: Duration,
+}
+
+#[async_trait]
+impl ApprovalFeed for PollFeed {
+    async fn changed(&mut self, max: Duration) -> Result<(), StoreError> {
+        tokio::time::sleep(self.interval.min(max)).await;
+        Ok(())
+    }
 }
 
 /// Where a ledger lives, parsed from `sqlite://PATH` or `postgres://…`.
@@ -172,6 +211,12 @@ fn ensure_parent_dir(path: &Path) -> Result<(), StoreError> {
             .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source }),
         _ => Ok(()),
     }
+}
+
+/// The first timestamp of today (UTC), in the ledger's timestamp format, for range queries.
+fn start_of_today() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    crate::record::format_timestamp(now.replace_time(time::Time::MIDNIGHT))
 }
 
 /// Seals `drafts` after the head `(seq, hash)`; shared by both stores so sealing is identical.

@@ -315,7 +315,168 @@ impl Store for PostgresStore {
         Ok(MIGRATOR.run(&self.pool).await?)
     }
 
+    async fn spent_today(&self, agent: &str) -> Result<f64, StoreError> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT SUM((c.data ->> 'cost_credits')::float8) FROM mcp_ledger.events c \
+             WHERE c.event_type = 'tool_call' AND c.agent = $1 AND c.\"timestamp\" >= $2 \
+             AND COALESCE(c.data #>> '{decision,effect}', 'allow') <> 'deny' \
+             AND NOT EXISTS (SELECT 1 FROM mcp_ledger.events r WHERE r.event_type = 'tool_result' \
+               AND r.data ->> 'call_id' = c.data ->> 'call_id' \
+               AND r.data ->> 'outcome' IN ('denied', 'expired', 'cancelled'))",
+        )
+        .bind(agent)
+        .bind(super::start_of_today())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
+    async fn events_for_call(&self, call_id: &str) -> Result<Vec<Event>, StoreError> {
+        // The `?` term lets Postgres use the partial index `events_call_id`.
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
+             data, prev_hash, hash FROM mcp_ledger.events \
+             WHERE data ->> 'call_id' = $1 AND data ? 'call_id' ORDER BY chain_id, seq",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn events_of_type(&self, event_type: &str) -> Result<Vec<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
+             data, prev_hash, hash FROM mcp_ledger.events WHERE event_type = $1 \
+             ORDER BY chain_id, seq",
+        )
+        .bind(event_type)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn watch_approvals(&self) -> Result<Box<dyn super::ApprovalFeed>, StoreError> {
+        notify::watch(&self.pool).await
+    }
+
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Approval notifications. The trigger `events_notify_approval` (migration 0002) issues
+/// `pg_notify('mcp_ledger_approvals', call_id)` for every approval event inserted, by any writer;
+/// Postgres delivers it when (and only if) the inserting transaction commits, so neither append
+/// path changes.
+mod notify {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Weak};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sqlx::PgPool;
+    use sqlx::postgres::{PgListener, PgPoolOptions};
+    use tokio::sync::broadcast::{self, error::RecvError};
+
+    use crate::store::{ApprovalFeed, StoreError};
+
+    const CHANNEL: &str = "mcp_ledger_approvals";
+
+    /// How often a waiter re-reads the ledger without a notification: the safety net for
+    /// notifications lost while the listening connection reconnects.
+    const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// One LISTEN connection per database and process, shared by every waiter, outside the
+    /// store's pool: a held call costs no connection of its own and never starves appends.
+    struct Hub {
+        wake: broadcast::Sender<()>,
+        relay: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Hub {
+        fn drop(&mut self) {
+            // The last waiter is gone: close the listening connection.
+            self.relay.abort();
+        }
+    }
+
+    static HUBS: LazyLock<tokio::sync::Mutex<HashMap<String, Weak<Hub>>>> =
+        LazyLock::new(Default::default);
+
+    pub(super) async fn watch(pool: &PgPool) -> Result<Box<dyn ApprovalFeed>, StoreError> {
+        let hub = hub(pool).await?;
+        let wake = hub.wake.subscribe();
+        Ok(Box::new(NotifyFeed { _hub: hub, wake }))
+    }
+
+    async fn hub(pool: &PgPool) -> Result<Arc<Hub>, StoreError> {
+        let options = pool.connect_options();
+        let key = format!(
+            "{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let mut hubs = HUBS.lock().await;
+        if let Some(hub) = hubs.get(&key).and_then(Weak::upgrade) {
+            return Ok(hub);
+        }
+        hubs.retain(|_, hub| hub.strong_count() > 0);
+        let own_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with((*options).clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&own_pool).await?;
+        // LISTEN is in effect before anyone subscribes, so a waiter that subscribes and then
+        // reads the ledger misses nothing committed after its read.
+        listener.listen(CHANNEL).await?;
+        let (wake, _) = broadcast::channel(16);
+        let relay = tokio::spawn(relay(listener, wake.clone()));
+        let hub = Arc::new(Hub { wake, relay });
+        hubs.insert(key, Arc::downgrade(&hub));
+        Ok(hub)
+    }
+
+    async fn relay(mut listener: PgListener, wake: broadcast::Sender<()>) {
+        loop {
+            match listener.try_recv().await {
+                // A notification, or a lost connection that has been re-established (and may
+                // have missed some): either way, waiters should look again.
+                Ok(_) => {
+                    let _ = wake.send(());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "approval notifications are unavailable; waiters poll");
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    struct NotifyFeed {
+        _hub: Arc<Hub>,
+        wake: broadcast::Receiver<()>,
+    }
+
+    #[async_trait]
+    impl ApprovalFeed for NotifyFeed {
+        async fn changed(&mut self, max: Duration) -> Result<(), StoreError> {
+            let wait = POLL_INTERVAL.min(max);
+            match tokio::time::timeout(wait, self.wake.recv()).await {
+                Ok(Ok(())) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                // The relay is gone (it never ends on its own): fall back to polling.
+                Ok(Err(RecvError::Closed)) => tokio::time::sleep(wait).await,
+            }
+            Ok(())
+        }
     }
 }

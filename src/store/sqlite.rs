@@ -21,6 +21,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/
 /// SQLite allows 32,766 bound parameters per statement; 11 columns a row.
 const MAX_ROWS_PER_INSERT: usize = 2_000;
 
+/// How often a waiter looks for new approval events (SQLite cannot notify other processes).
+const SQLITE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -169,6 +172,56 @@ impl Store for SqliteStore {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    async fn spent_today(&self, agent: &str) -> Result<f64, StoreError> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT SUM(CAST(json_extract(c.data, '$.cost_credits') AS REAL)) FROM events c \
+             WHERE c.event_type = 'tool_call' AND c.agent = ? AND c.timestamp >= ? \
+             AND COALESCE(json_extract(c.data, '$.decision.effect'), 'allow') <> 'deny' \
+             AND NOT EXISTS (SELECT 1 FROM events r WHERE r.event_type = 'tool_result' \
+               AND json_extract(r.data, '$.call_id') = json_extract(c.data, '$.call_id') \
+               AND json_extract(r.data, '$.outcome') IN ('denied', 'expired', 'cancelled'))",
+        )
+        .bind(agent)
+        .bind(super::start_of_today())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
+    async fn events_for_call(&self, call_id: &str) -> Result<Vec<Event>, StoreError> {
+        // The `IS NOT NULL` term lets SQLite use the partial index `events_call_id`.
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events WHERE json_extract(data, '$.call_id') = ? \
+             AND json_extract(data, '$.call_id') IS NOT NULL ORDER BY chain_id, seq",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn events_of_type(&self, event_type: &str) -> Result<Vec<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events WHERE event_type = ? ORDER BY chain_id, seq",
+        )
+        .bind(event_type)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn watch_approvals(&self) -> Result<Box<dyn super::ApprovalFeed>, StoreError> {
+        // SQLite has no notifications across processes: poll. Each look is one short read on a
+        // pooled connection; nothing is held between looks.
+        Ok(Box::new(super::PollFeed { interval: SQLITE_POLL_INTERVAL }))
     }
 
     async fn close(&self) {

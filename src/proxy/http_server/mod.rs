@@ -41,8 +41,10 @@ use super::relay::{RelayOptions, relay_with};
 use super::shared_upstream::SharedUpstream;
 use super::upstream::{self, UpstreamSpec};
 use crate::intercept::{
-    AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, record_auth_failure,
+    AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, SharedPolicy,
+    record_auth_failure,
 };
+use crate::store::Store;
 use crate::store::writer::Ledger;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -62,7 +64,7 @@ pub struct Endpoint {
 }
 
 /// Everything `serve` needs, already validated and with secrets resolved.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeSettings {
     pub endpoints: HashMap<String, Endpoint>,
     pub agents: AgentTokens,
@@ -70,6 +72,9 @@ pub struct ServeSettings {
     pub max_body_bytes: usize,
     pub max_sessions: usize,
     pub session_idle_timeout: Duration,
+    /// The policy every call is put to, and the store held calls wait on.
+    pub policy: SharedPolicy,
+    pub store: Arc<dyn Store>,
 }
 
 /// Shared state of the HTTP front end.
@@ -170,7 +175,8 @@ impl HttpProxy {
             upstream: endpoint.upstream.describe(),
         };
         let recorder =
-            SessionRecorder::new(self.ledger.clone(), identity, endpoint.recorded.clone());
+            SessionRecorder::new(self.ledger.clone(), identity, endpoint.recorded.clone())
+                .with_policy(self.settings.policy.clone(), self.settings.store.clone());
         let (to_relay, from_agent) = mpsc::channel(256);
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
         let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);

@@ -5,9 +5,13 @@
 //! [`SessionRecorder::finish`] for the matching response before delivering it; each returns only
 //! once the event is durably committed, or fails so that the proxy can fail closed.
 
+mod admission;
+
 use std::time::Instant;
 
 use serde_json::{Value, json};
+
+pub use admission::{Admission, HoldOutcome, PendingHold, SharedPolicy};
 
 use crate::record::{Draft, EventType, Payload};
 use crate::store::writer::{AppendError, Ledger};
@@ -66,6 +70,8 @@ pub struct OpenCall {
     tool: Option<String>,
     request_id: String,
     started: Instant,
+    /// Set when an operator approved the held call: recorded with its result.
+    authorized_by: Option<String>,
 }
 
 /// How a recorded request ended.
@@ -76,6 +82,9 @@ pub enum Completion<'a> {
     Error(&'a Value),
     /// No response will come: the peer went away, the call was cancelled, or the session ended.
     NoResponse { reason: &'a str },
+    /// The proxy never forwarded the call: `outcome` is `denied`, `expired`, `cancelled` or
+    /// `error`, and `reason` what the agent was told.
+    Refused { outcome: &'a str, reason: &'a str },
 }
 
 /// Why a crossing could not be recorded. The proxy answers it with an error and forwards nothing.
@@ -91,6 +100,9 @@ pub enum RecordError {
 #[derive(Clone)]
 pub struct SessionRecorder {
     ledger: Ledger,
+    /// The policy in force (swapped on reload) and the store holds wait on.
+    policy: SharedPolicy,
+    store: Option<std::sync::Arc<dyn crate::store::Store>>,
     identity: SessionIdentity,
     recorded: std::sync::Arc<RecordedMethods>,
     started: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -110,11 +122,24 @@ impl SessionRecorder {
     pub fn new(ledger: Ledger, identity: SessionIdentity, recorded: RecordedMethods) -> Self {
         SessionRecorder {
             ledger,
+            policy: SharedPolicy::allow_all(),
+            store: None,
             identity,
             recorded: std::sync::Arc::new(recorded),
             started: Default::default(),
             end_reason: Default::default(),
         }
+    }
+
+    /// Decides calls with `policy`; holds wait for decisions appended to `store`.
+    pub fn with_policy(
+        mut self,
+        policy: SharedPolicy,
+        store: std::sync::Arc<dyn crate::store::Store>,
+    ) -> Self {
+        self.policy = policy;
+        self.store = Some(store);
+        self
     }
 
     pub fn identity(&self) -> &SessionIdentity {
@@ -183,15 +208,16 @@ impl SessionRecorder {
         Ok(())
     }
 
-    /// Records a request before it is forwarded. `request_id` is the JSON-RPC id as the sender
-    /// wrote it. Returns once the event is committed.
+    /// Records a request before it is forwarded, and decides whether it may be: a `tools/call`
+    /// is put to the policy, every other recorded request is forwarded. `request_id` is the
+    /// JSON-RPC id as the sender wrote it. Returns once every event is committed.
     pub async fn begin(
         &self,
         direction: Direction,
         method: &str,
         request_id: &str,
         params: Option<&Value>,
-    ) -> Result<OpenCall, RecordError> {
+    ) -> Result<Admission, RecordError> {
         let call_id = uuid::Uuid::now_v7().to_string();
         let null = Value::Null;
         let params = params.unwrap_or(&null);
@@ -202,34 +228,38 @@ impl SessionRecorder {
         } else {
             (EventType::Request, None, params)
         };
-        let input = Payload::of(input)?;
+        let payload = Payload::of(input)?;
         let mut data = json!({
             "call_id": call_id,
             "request_id": request_id,
             "method": method,
             "direction": direction.as_str(),
-            "input_ref": input.reference,
-            "input_size": input.size(),
+            "input_ref": payload.reference,
+            "input_size": payload.size(),
         });
-        if is_tool_call {
-            // No policy layer yet: every call is allowed by default and says so.
-            let fields = data.as_object_mut().expect("built as an object");
-            fields.insert("tool".into(), json!(tool));
-            fields.insert("target".into(), Value::Null);
-            fields.insert("decision".into(), json!("allow"));
-            fields.insert("authorized_by".into(), json!("default:allow"));
-            fields.insert("cost_credits".into(), json!(0));
-        }
-        let mut draft = self.draft(event_type, data);
-        draft.payloads.push(input);
-        self.ledger.append(draft).await?;
-        Ok(OpenCall {
+        let call = OpenCall {
             call_id,
             method: method.to_owned(),
-            tool,
+            tool: tool.clone(),
             request_id: request_id.to_owned(),
             started: Instant::now(),
-        })
+            authorized_by: None,
+        };
+        let judged = if is_tool_call {
+            let judged =
+                self.judge(&call, tool.as_deref().unwrap_or(""), input, &payload.reference).await;
+            judged.describe(data.as_object_mut().expect("built as an object"));
+            Some(judged)
+        } else {
+            None
+        };
+        let mut draft = self.draft(event_type, data);
+        draft.payloads.push(payload);
+        self.ledger.append(draft).await?;
+        match judged {
+            None => Ok(Admission::Forward(call)),
+            Some(judged) => self.admit(call, judged, params).await,
+        }
     }
 
     /// Records the response to `call` before it is delivered. Returns once committed.
@@ -253,6 +283,9 @@ impl SessionRecorder {
         if let Some(tool) = &call.tool {
             fields.insert("tool".into(), json!(tool));
         }
+        if let Some(authorized_by) = &call.authorized_by {
+            fields.insert("authorized_by".into(), json!(authorized_by));
+        }
         let mut payloads = Vec::new();
         match completion {
             Completion::Result(result) => {
@@ -274,6 +307,11 @@ impl SessionRecorder {
             }
             Completion::NoResponse { reason } => {
                 fields.insert("outcome".into(), json!("no_response"));
+                fields.insert("output_ref".into(), Value::Null);
+                fields.insert("error".into(), json!(reason));
+            }
+            Completion::Refused { outcome, reason } => {
+                fields.insert("outcome".into(), json!(outcome));
                 fields.insert("output_ref".into(), Value::Null);
                 fields.insert("error".into(), json!(reason));
             }
