@@ -448,3 +448,38 @@ async fn postgres_notifies_waiters_without_polling(ledger: TestLedger) {
         if ledger.is_postgres() { Duration::from_millis(700) } else { Duration::from_millis(400) };
     assert!(waited < bound, "waited {waited:?}");
 }
+
+/// The proxy and operators may run as the insert-only writer role: the notification trigger and
+/// LISTEN need nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_role_runs_the_whole_queue() {
+    let Some(ledger) = TestLedger::postgres().await else {
+        return;
+    };
+    ledger.open().await.close().await; // migrates as the owner, creating the roles
+    let role = "mcp_ledger_test_app";
+    ledger
+        .exec_as_owner(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .await
+        .unwrap();
+    let url =
+        ledger.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
+    let store = mcp_ledger::store::open(
+        &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
+        &mcp_ledger::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let request = requested(&store, "call-1", &[], Duration::from_secs(60)).await;
+    let waiter = waiting(&store, &request, CancellationToken::new());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    approval::decide(store.as_ref(), &request.approval_id, approve("alice")).await.unwrap();
+    let decided = Instant::now();
+    let (got, woke) = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(got, approve("alice"));
+    assert!(woke - decided < Duration::from_millis(700), "{:?}", woke - decided);
+}

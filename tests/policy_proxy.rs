@@ -231,3 +231,81 @@ async fn a_held_call_runs_once_an_allowed_operator_approves_it_and_never_if_deni
     let (code, out, err) = run_cli(&["verify", "--ledger", &url]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test]
+async fn policy_test_replays_recorded_calls_against_a_candidate() {
+    let mut s = start().await;
+    let ok = s.client.call_tool("lookup_customer", json!({"customer_id": "cus_1004"})).await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+    let refund = json!({"customer_id": "cus_1004", "amount": 20, "currency": "USD", "reason": "late delivery"});
+    s.client.call_tool("issue_refund", refund).await;
+    assert!(s.client.close().await.success());
+
+    // The candidate denies lookups of the customer that was looked up; refunds are unchanged.
+    let candidate = tempfile::tempdir().unwrap();
+    let stricter = format!(
+        "{POLICY}\n[[rule]]\nname = \"no-vip-lookups\"\neffect = \"deny\"\ntool = \"lookup_customer\"\nreason = \"vip\"\n[[rule.when]]\narg = \"/customer_id\"\nequals = \"cus_1004\"\n"
+    );
+    std::fs::write(candidate.path().join("ops.toml"), stricter).unwrap();
+    let dir = candidate.path().display().to_string();
+    let url = s.ledger.url_string();
+    let (code, stdout, stderr) =
+        run_cli(&["policy", "test", &dir, "--since", "1h", "--ledger", &url, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["replayed"], 2, "{report}");
+    let changes = report["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{report}");
+    assert_eq!(changes[0]["tool"], "lookup_customer");
+    assert_eq!(changes[0]["recorded"], "allow (customer-ops)");
+    assert_eq!(changes[0]["candidate"], "deny (no-vip-lookups)");
+
+    let (code, stdout, _) = run_cli(&["policy", "test", &dir, "--since", "1h", "--ledger", &url]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("1 decision(s) would change"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_policy_edit_takes_effect_and_an_invalid_edit_keeps_the_previous_policy() {
+    let ledger = TestLedger::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("ops.toml"), POLICY).unwrap();
+    let mut args = proxy_args(&ledger.url_string(), "support-bot", None);
+    args.splice(1..1, ["--policy".to_owned(), policies.display().to_string()]);
+    let mut client = LineClient::spawn(BIN, &args);
+    client.initialize().await;
+    let lookup = json!({"customer_id": "cus_1005"});
+    assert_eq!(
+        client.call_tool("lookup_customer", lookup.clone()).await["result"]["isError"],
+        false
+    );
+
+    let deny_lookups = format!(
+        "{POLICY}\n[[rule]]\nname = \"lookups-off\"\neffect = \"deny\"\ntool = \"lookup_customer\"\nreason = \"maintenance\"\n"
+    );
+    std::fs::write(policies.join("ops.toml"), deny_lookups).unwrap();
+    let denied_text = "Denied by policy rule `lookups-off`: maintenance";
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let reply = client.call_tool("lookup_customer", lookup.clone()).await;
+        if reply["result"]["content"][0]["text"] == denied_text {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(reloaded, "the edited policy took effect within 10 s");
+
+    // A broken edit is refused; the last good policy stays in force.
+    std::fs::write(
+        policies.join("ops.toml"),
+        "[[rule]]\nname = \"broken\"\neffect = \"perhaps\"\n",
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let reply = client.call_tool("lookup_customer", lookup.clone()).await;
+    assert_eq!(reply["result"]["content"][0]["text"], denied_text, "{reply}");
+    assert!(client.close().await.success());
+}

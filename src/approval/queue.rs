@@ -266,7 +266,7 @@ fn refuse_unless_pending(entry: &Entry, recorded: bool) -> Result<(), DecideErro
 
 /// Where `req` stands given the events of its call (in chain order) at `now`. Decision events
 /// that do not bind are passed to `ignored` with the reason.
-fn state_of(
+pub(super) fn state_of(
     req: &HoldRequest,
     events: &[Event],
     now: OffsetDateTime,

@@ -303,3 +303,51 @@ fn malformed_decisions_are_not_read() {
     }
     assert_eq!(DecisionRecord::from_event(&sealed(EventType::ToolResult, approved)), None);
 }
+
+fn at_seq(event_type: EventType, data: serde_json::Value, seq: i64) -> Event {
+    let draft = Draft::new(event_type, data);
+    draft.seal("default", seq, GENESIS_PREV_HASH, IN_TIME).unwrap()
+}
+
+#[test]
+fn the_first_binding_decision_counts_and_the_others_are_reported() {
+    use super::queue::{State, state_of};
+    let req = request(&["alice", "bob"]);
+    let by_mallory = approved_by(&req, "mallory");
+    let denied = DecisionRecord::for_request(
+        &req,
+        Verdict::Denied { operator: "bob".into(), reason: "no".into() },
+    );
+    let events = [
+        at_seq(EventType::ApprovalRequested, req.to_data(), 1),
+        at_seq(EventType::ApprovalDecision, by_mallory.to_data(), 2),
+        at_seq(EventType::ApprovalDecision, json!({"verdict": "approved"}), 3),
+        at_seq(EventType::ApprovalDecision, denied.to_data(), 4),
+        at_seq(EventType::ApprovalDecision, approved_by(&req, "alice").to_data(), 5),
+    ];
+    let mut ignored = Vec::new();
+    let state = state_of(&req, &events, IN_TIME, |event, why| {
+        ignored.push((event.seq, why.to_string()));
+    });
+    let State::Decided(decided) = state else { panic!("{state:?}") };
+    assert_eq!(decided.record, denied);
+    assert_eq!(decided.event_id, events[3].event_id);
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
+    assert!(ignored[0].1.contains("mallory"), "{ignored:?}");
+    assert_eq!(ignored[1], (3, "it is malformed".to_owned()));
+}
+
+#[test]
+fn nothing_decided_after_the_call_ended_counts() {
+    use super::queue::{State, state_of};
+    let req = request(&[]);
+    let events = [
+        at_seq(EventType::ToolResult, json!({"call_id": "call-1", "outcome": "cancelled"}), 1),
+        at_seq(EventType::ApprovalDecision, approved_by(&req, "alice").to_data(), 2),
+    ];
+    let state = state_of(&req, &events, IN_TIME, |_, _| {});
+    assert_eq!(state, State::Ended { outcome: "cancelled".into() });
+    assert_eq!(state.label(), "cancelled");
+    assert_eq!(state_of(&req, &[], IN_TIME, |_, _| {}), State::Pending);
+    assert_eq!(state_of(&req, &[], req.expires_at, |_, _| {}), State::Expired);
+}

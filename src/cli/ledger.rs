@@ -28,7 +28,7 @@ impl LedgerArgs {
 
     /// Opens the ledger for reading: never creates or migrates one. A bad URL is a usage error;
     /// a ledger that cannot be opened is reported through `failed`.
-    async fn open_existing(
+    pub(super) async fn open_existing(
         &self,
         failed: fn(anyhow::Error) -> CliError,
     ) -> Result<Arc<dyn Store>, CliError> {

@@ -8,6 +8,7 @@ mod configured;
 mod demo;
 mod ledger;
 mod policy;
+mod policy_test;
 mod serve;
 mod stdio;
 

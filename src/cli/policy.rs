@@ -20,6 +20,8 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Validate every *.toml in DIR; exit 0 when valid, 64 when not (each problem names its file and line)
     Check(CheckArgs),
+    /// Replay recorded calls against the policy in DIR and show which decisions would change
+    Test(super::policy_test::TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +57,7 @@ impl From<DefaultEffect> for Effect {
 pub async fn run(args: PolicyArgs) -> Result<u8, CliError> {
     match args.command {
         PolicyCommand::Check(args) => check(&args),
+        PolicyCommand::Test(args) => super::policy_test::run(args).await,
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub use secrets::{ConfigWarning, Place};
+pub use secrets::{ConfigWarning, Place, redact_webhook_url};
 
 /// The file's name when a configuration is not read from a file (and the conventional name).
 pub const DEFAULT_FILE_NAME: &str = "mcp-ledger.toml";
@@ -31,8 +31,11 @@ pub struct Config {
     pub listen: ListenConfig,
     pub servers: Vec<ServerConfig>,
     pub agents: Vec<AgentConfig>,
+    /// `[[operators]]`: who may decide held calls through the HTTP API and the console.
+    pub operators: Vec<OperatorConfig>,
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
+    pub approvals: ApprovalsConfig,
     /// The file this was loaded from, for messages; `None` when built in code.
     pub path: Option<PathBuf>,
 }
@@ -95,6 +98,40 @@ pub struct AgentConfig {
     pub name: String,
     /// Lower-case hex SHA-256 of the token string (see [`token_sha256`]).
     pub token_sha256: String,
+}
+
+/// One `[[operators]]` entry: a person who approves or denies held calls over HTTP. Decisions
+/// are recorded as `operator/<name>`. An operator's token is never also an agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorConfig {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token string (see [`token_sha256`]).
+    pub token_sha256: String,
+}
+
+/// `[approvals]`: telling operators that a call is waiting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApprovalsConfig {
+    /// Every hold is POSTed here as JSON; may hold `${VAR}` (a chat webhook's URL is a secret).
+    pub webhook_url: Option<String>,
+    /// How long one webhook delivery may take before it counts as failed.
+    pub webhook_timeout_ms: u64,
+    /// The console's address as operators reach it, sent in the webhook's `console_url`;
+    /// default `http://<listen addr>/console`.
+    pub console_url: Option<String>,
+}
+
+/// The default `[approvals] webhook_timeout_ms`.
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 3000;
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            webhook_url: None,
+            webhook_timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
+            console_url: None,
+        }
+    }
 }
 
 /// `[audit]`
@@ -175,6 +212,10 @@ pub enum ConfigError {
     MissingVariable { file: String, variable: String, place: Place },
     #[error("{file}: {place} is not a valid http header value once its ${{VAR}} are substituted")]
     InvalidHeaderValue { file: String, place: Place },
+    #[error(
+        "{file}: {place} is not an absolute http:// or https:// url once its ${{VAR}} are substituted"
+    )]
+    InvalidUrl { file: String, place: Place },
 }
 
 impl Config {
@@ -220,6 +261,12 @@ impl Config {
         self.agents.iter().find(|agent| constant_time_eq(&agent.token_sha256, &presented))
     }
 
+    /// The operator whose token this is. Compares hashes in constant time.
+    pub fn operator_by_token(&self, token: &str) -> Option<&OperatorConfig> {
+        let presented = token_sha256(token);
+        self.operators.iter().find(|op| constant_time_eq(&op.token_sha256, &presented))
+    }
+
     /// The file name used in messages.
     fn file_label(&self) -> String {
         match &self.path {
@@ -248,7 +295,7 @@ impl Config {
     }
 }
 
-/// Whether `name` may name a server or an agent: non-empty `[A-Za-z0-9._-]`, and not `.` or `..`
+/// Whether `name` may name a server, an agent or an operator: non-empty `[A-Za-z0-9._-]`, and not `.` or `..`
 /// (servers are served at `/mcp/<name>`, where those two would be path segments).
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -292,6 +339,16 @@ impl fmt::Debug for UpstreamTransport {
                 .field("headers", &RedactedMap(headers))
                 .finish(),
         }
+    }
+}
+
+impl fmt::Debug for ApprovalsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApprovalsConfig")
+            .field("webhook_url", &self.webhook_url.as_deref().map(secrets::redact_webhook_url))
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("console_url", &self.console_url)
+            .finish()
     }
 }
 

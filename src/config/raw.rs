@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::secrets::{self, Place, TemplateError};
 use super::{
-    AgentConfig, AuditConfig, Config, ConfigError, LedgerConfig, ListenConfig, PolicyConfig,
-    ServerConfig, UpstreamTransport, is_valid_name,
+    AgentConfig, ApprovalsConfig, AuditConfig, Config, ConfigError, LedgerConfig, ListenConfig,
+    OperatorConfig, PolicyConfig, ServerConfig, UpstreamTransport, is_valid_name,
 };
 
 #[derive(Deserialize)]
@@ -27,9 +27,13 @@ struct RawConfig {
     #[serde(default)]
     agents: Vec<Spanned<RawAgent>>,
     #[serde(default)]
+    operators: Vec<Spanned<RawAgent>>,
+    #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    approvals: RawApprovals,
 }
 
 #[derive(Deserialize, Default)]
@@ -89,6 +93,14 @@ struct RawAudit {
 struct RawPolicy {
     dir: Option<PathBuf>,
     default: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    webhook_url: Option<Spanned<String>>,
+    webhook_timeout_ms: Option<Spanned<u64>>,
+    console_url: Option<Spanned<String>>,
 }
 
 /// The text being parsed and the name messages give it.
@@ -156,13 +168,16 @@ fn hide_string_value(message: &str) -> String {
 pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let source = Source { file, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(e))?;
+    let agents = agents(&source, raw.agents)?;
     Ok(Config {
         ledger: ledger(&source, raw.ledger)?,
         listen: listen(&source, raw.listen)?,
         servers: servers(&source, raw.servers)?,
-        agents: agents(&source, raw.agents)?,
+        operators: operators(&source, raw.operators, &agents)?,
+        agents,
         audit: audit(&source, raw.audit)?,
         policy: policy(&source, raw.policy)?,
+        approvals: approvals(&source, raw.approvals)?,
         path: None,
     })
 }
@@ -376,6 +391,26 @@ fn headers_map(
     Ok(headers)
 }
 
+/// Checks the `token_sha256` of an agent or operator: 64 lower-case hex digits.
+fn token_digest(
+    source: &Source,
+    kind: &str,
+    name: &str,
+    digest: &Spanned<String>,
+) -> Result<(), ConfigError> {
+    // The value is not repeated: a token pasted here by mistake is a secret.
+    let token = digest.get_ref();
+    if token.len() != 64 || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(source.error(
+            digest.span(),
+            format!(
+                "{kind} `{name}`: `token_sha256` must be 64 lower-case hex digits, the sha-256 of the token (see `mcp-ledger {kind}s add`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn agents(source: &Source, raw: Vec<Spanned<RawAgent>>) -> Result<Vec<AgentConfig>, ConfigError> {
     let mut seen = HashMap::new();
     let mut by_token: HashMap<String, String> = HashMap::new();
@@ -383,16 +418,8 @@ fn agents(source: &Source, raw: Vec<Spanned<RawAgent>>) -> Result<Vec<AgentConfi
     for entry in raw {
         let raw = entry.into_inner();
         let name = unique_name(source, &raw.name, "agent", &mut seen)?;
-        // The value is not repeated: a token pasted here by mistake is a secret.
+        token_digest(source, "agent", &name, &raw.token_sha256)?;
         let token = raw.token_sha256.get_ref();
-        if token.len() != 64 || !token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(source.error(
-                raw.token_sha256.span(),
-                format!(
-                    "agent `{name}`: `token_sha256` must be 64 lower-case hex digits, the sha-256 of the token (see `mcp-ledger agents add`)"
-                ),
-            ));
-        }
         if let Some(other) = by_token.insert(token.clone(), name.clone()) {
             return Err(source.error(
                 raw.token_sha256.span(),
@@ -402,6 +429,79 @@ fn agents(source: &Source, raw: Vec<Spanned<RawAgent>>) -> Result<Vec<AgentConfi
         agents.push(AgentConfig { name, token_sha256: raw.token_sha256.into_inner() });
     }
     Ok(agents)
+}
+
+/// `[[operators]]`: the same rules as agents, and no operator may share a token with an agent
+/// (an agent could then approve its own held calls).
+fn operators(
+    source: &Source,
+    raw: Vec<Spanned<RawAgent>>,
+    agents: &[AgentConfig],
+) -> Result<Vec<OperatorConfig>, ConfigError> {
+    let mut seen = HashMap::new();
+    let mut by_token: HashMap<String, String> = HashMap::new();
+    let mut operators = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let raw = entry.into_inner();
+        let name = unique_name(source, &raw.name, "operator", &mut seen)?;
+        token_digest(source, "operator", &name, &raw.token_sha256)?;
+        let token = raw.token_sha256.get_ref();
+        if let Some(agent) = agents.iter().find(|agent| &agent.token_sha256 == token) {
+            return Err(source.error(
+                raw.token_sha256.span(),
+                format!(
+                    "operator `{name}` has the same `token_sha256` as agent `{}`; an agent's token must never decide approvals, so give the operator its own (`mcp-ledger operators add {name}`)",
+                    agent.name
+                ),
+            ));
+        }
+        if let Some(other) = by_token.insert(token.clone(), name.clone()) {
+            return Err(source.error(
+                raw.token_sha256.span(),
+                format!("operator `{name}` has the same `token_sha256` as operator `{other}`"),
+            ));
+        }
+        operators.push(OperatorConfig { name, token_sha256: raw.token_sha256.into_inner() });
+    }
+    Ok(operators)
+}
+
+fn approvals(source: &Source, raw: RawApprovals) -> Result<ApprovalsConfig, ConfigError> {
+    let defaults = ApprovalsConfig::default();
+    if let Some(url) = &raw.webhook_url {
+        source.check_template(url, &Place::WebhookUrl)?;
+        // With `${VAR}` in it, the URL is checked once substituted (`resolve_secrets`).
+        if !url.get_ref().contains("${") && !is_http_url(url.get_ref()) {
+            return Err(source.error(
+                url.span(),
+                "`approvals.webhook_url` must be an absolute http:// or https:// url",
+            ));
+        }
+    }
+    if let Some(url) = &raw.console_url
+        && !is_http_url(url.get_ref())
+    {
+        return Err(source.error(
+            url.span(),
+            "`approvals.console_url` must be an absolute http:// or https:// url",
+        ));
+    }
+    Ok(ApprovalsConfig {
+        webhook_url: raw.webhook_url.map(Spanned::into_inner),
+        webhook_timeout_ms: at_least_one(
+            source,
+            raw.webhook_timeout_ms,
+            "approvals.webhook_timeout_ms",
+        )?
+        .unwrap_or(defaults.webhook_timeout_ms),
+        console_url: raw.console_url.map(Spanned::into_inner),
+    })
+}
+
+/// Whether `url` is an absolute http(s) URL with a host.
+pub(super) fn is_http_url(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
 fn audit(source: &Source, raw: RawAudit) -> Result<AuditConfig, ConfigError> {

@@ -23,6 +23,8 @@ pub enum Place {
     Url {
         server: String,
     },
+    /// `[approvals] webhook_url`.
+    WebhookUrl,
 }
 
 impl fmt::Display for Place {
@@ -32,6 +34,7 @@ impl fmt::Display for Place {
             Place::Env { server, name } => write!(f, "env {name} of server {server}"),
             Place::Header { server, name } => write!(f, "header {name} of server {server}"),
             Place::Url { server } => write!(f, "url of server {server}"),
+            Place::WebhookUrl => f.write_str("approvals.webhook_url"),
         }
     }
 }
@@ -46,6 +49,10 @@ pub enum ConfigWarning {
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ConfigWarning::LiteralSecret(place @ Place::WebhookUrl) => write!(
+                f,
+                "{place} holds a literal secret in its query or password; write the url as ${{VAR}}"
+            ),
             ConfigWarning::LiteralSecret(place @ Place::Url { .. }) => write!(
                 f,
                 "{place} holds a password; move it to a header such as Authorization = \"Basic ${{VAR}}\""
@@ -136,6 +143,12 @@ impl Config {
         if let Some(url) = &mut resolved.ledger.url {
             resolve(url, Place::LedgerUrl)?;
         }
+        if let Some(url) = &mut resolved.approvals.webhook_url {
+            resolve(url, Place::WebhookUrl)?;
+            if !super::raw::is_http_url(url) {
+                return Err(ConfigError::InvalidUrl { file, place: Place::WebhookUrl });
+            }
+        }
         for server in &mut resolved.servers {
             let name = &server.name;
             match &mut server.transport {
@@ -161,6 +174,11 @@ impl Config {
             && url_password(url).is_some_and(|range| !url[range].contains("${"))
         {
             warnings.push(ConfigWarning::LiteralSecret(Place::LedgerUrl));
+        }
+        if let Some(url) = &self.approvals.webhook_url
+            && has_literal_url_secret(url)
+        {
+            warnings.push(ConfigWarning::LiteralSecret(Place::WebhookUrl));
         }
         for server in &self.servers {
             let name = &server.name;
@@ -227,6 +245,43 @@ fn url_password(url: &str) -> Option<Range<usize>> {
     let at = authority.rfind('@')?;
     let colon = authority[..at].find(':')?;
     Some(start + colon + 1..start + at).filter(|range| !range.is_empty())
+}
+
+/// Whether a URL written in the file carries a credential literally: a password, or a query
+/// parameter named like a secret (`token`, `key`, `sig`, …) or holding a token-like value.
+fn has_literal_url_secret(url: &str) -> bool {
+    if url_password(url).is_some_and(|range| !url[range].contains("${")) {
+        return true;
+    }
+    let Some((_, query)) = url.split_once('?') else { return false };
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').filter_map(|pair| pair.split_once('=')).any(|(name, value)| {
+        if !is_literal(value) {
+            return false;
+        }
+        let name = name.to_ascii_lowercase();
+        let named_secret = ["token", "secret", "key", "sig", "password", "passwd", "auth", "code"]
+            .iter()
+            .any(|word| name.contains(word));
+        let token_like = value.len() >= 16
+            && value.bytes().any(|b| b.is_ascii_digit())
+            && value.bytes().any(|b| b.is_ascii_alphabetic());
+        named_secret || token_like
+    })
+}
+
+/// A webhook URL for display: its password, path and query hidden (chat webhooks keep their
+/// secret in the path or the query), so only the scheme and host remain.
+pub fn redact_webhook_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some() => {
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let hidden = parsed.path() != "/" || parsed.query().is_some();
+            let tail = if hidden { "/<redacted>" } else { "/" };
+            format!("{}://{}{port}{tail}", parsed.scheme(), parsed.host_str().unwrap_or_default())
+        }
+        _ => super::REDACTED.to_owned(),
+    }
 }
 
 /// The URL with its password, if any, replaced for display.

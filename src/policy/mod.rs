@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 pub use decision::{BudgetExceeded, Decision};
 pub use error::PolicyError;
+pub use operand::parse_duration;
 use rule::Rule;
 
 /// How many hex digits of the digest `authorized_by` and `policy check` show.

@@ -173,7 +173,7 @@ pub(super) fn check_pointer(pointer: &str) -> Result<(), String> {
 }
 
 /// `"90s"`, `"30m"`, `"4h"`, `"1d"`, `"1h30m"`: at least one number-unit pair, more than zero.
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut digits = String::new();
     for c in text.trim().chars() {

@@ -409,9 +409,18 @@ mod notify {
         LazyLock::new(Default::default);
 
     pub(super) async fn watch(pool: &PgPool) -> Result<Box<dyn ApprovalFeed>, StoreError> {
-        let hub = hub(pool).await?;
-        let wake = hub.wake.subscribe();
-        Ok(Box::new(NotifyFeed { _hub: hub, wake }))
+        match hub(pool).await {
+            Ok(hub) => {
+                let wake = hub.wake.subscribe();
+                Ok(Box::new(NotifyFeed { _hub: hub, wake }))
+            }
+            // Without a listening connection (e.g. the server's connection limit), polling
+            // still finds every decision, only later.
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for approval notifications; polling instead");
+                Ok(Box::new(crate::store::PollFeed { interval: POLL_INTERVAL }))
+            }
+        }
     }
 
     async fn hub(pool: &PgPool) -> Result<Arc<Hub>, StoreError> {

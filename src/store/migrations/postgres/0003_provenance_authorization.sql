@@ -24,3 +24,16 @@ LEFT JOIN mcp_ledger.events r
    AND r.chain_id = c.chain_id
    AND r.data ->> 'call_id' = c.data ->> 'call_id'
 WHERE c.event_type = 'tool_call';
+
+-- Credits spent per agent and UTC day, counting the calls that ran or are still held.
+CREATE VIEW mcp_ledger.agent_costs AS
+SELECT
+    agent,
+    ("timestamp" AT TIME ZONE 'UTC')::date AS day,
+    COUNT(*)                               AS calls,
+    SUM(cost_credits)                      AS cost_credits
+FROM mcp_ledger.provenance
+WHERE outcome NOT IN ('denied', 'expired', 'cancelled')
+GROUP BY agent, ("timestamp" AT TIME ZONE 'UTC')::date;
+
+GRANT SELECT ON mcp_ledger.agent_costs TO mcp_ledger_writer, mcp_ledger_auditor;

@@ -26,3 +26,14 @@ LEFT JOIN events r
    AND r.chain_id = c.chain_id
    AND json_extract(r.data, '$.call_id') = json_extract(c.data, '$.call_id')
 WHERE c.event_type = 'tool_call';
+
+-- Credits spent per agent and UTC day, counting the calls that ran or are still held.
+CREATE VIEW agent_costs AS
+SELECT
+    agent,
+    substr(timestamp, 1, 10)        AS day,
+    COUNT(*)                        AS calls,
+    SUM(CAST(cost_credits AS REAL)) AS cost_credits
+FROM provenance
+WHERE outcome NOT IN ('denied', 'expired', 'cancelled')
+GROUP BY agent, substr(timestamp, 1, 10);
