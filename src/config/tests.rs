@@ -192,7 +192,7 @@ fn unknown_keys_are_named_with_their_line() {
     );
     assert_eq!(
         error("[listen]\n\n[server]\nname = \"a\"\n"),
-        "mcp-ledger.toml:3:2: unknown field `server`, expected one of `ledger`, `listen`, `servers`, `agents`, `audit`, `policy`"
+        "mcp-ledger.toml:3:2: unknown field `server`, expected one of `ledger`, `listen`, `servers`, `agents`, `operators`, `audit`, `policy`, `approvals`"
     );
     assert!(
         error("[audit]\nscan = true\n").starts_with("mcp-ledger.toml:2:1: unknown field `scan`")
@@ -625,4 +625,126 @@ fn substitution_rules() {
     // A substituted value is not substituted again.
     let mut nested = |_: &str| Some("${X}".to_owned());
     assert_eq!(substitute("${A}", &mut nested), Ok("${X}".into()));
+}
+
+#[test]
+fn operators_follow_the_agent_rules_and_never_share_an_agents_token() {
+    let agent = token_sha256("agent-token");
+    let alice = token_sha256("alice-token");
+    let config = parse(&format!(
+        "[[agents]]\nname = \"bot\"\ntoken_sha256 = \"{agent}\"\n[[operators]]\nname = \"alice\"\ntoken_sha256 = \"{alice}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.operators,
+        vec![OperatorConfig { name: "alice".into(), token_sha256: alice.clone() }]
+    );
+    assert_eq!(config.operator_by_token("alice-token").unwrap().name, "alice");
+    assert!(config.operator_by_token("agent-token").is_none());
+    assert!(config.agent_by_token("alice-token").is_none());
+
+    // Operators may come first in the file: the check still sees every agent.
+    let shared = format!(
+        "[[operators]]\nname = \"alice\"\ntoken_sha256 = \"{agent}\"\n[[agents]]\nname = \"bot\"\ntoken_sha256 = \"{agent}\"\n"
+    );
+    assert_eq!(
+        error(&shared),
+        "mcp-ledger.toml:3:16: operator `alice` has the same `token_sha256` as agent `bot`; an agent's token must never decide approvals, so give the operator its own (`mcp-ledger operators add alice`)"
+    );
+    assert_eq!(
+        error("[[operators]]\nname = \"alice\"\ntoken_sha256 = \"nope\"\n"),
+        "mcp-ledger.toml:3:16: operator `alice`: `token_sha256` must be 64 lower-case hex digits, the sha-256 of the token (see `mcp-ledger operators add`)"
+    );
+    let duplicate = format!(
+        "[[operators]]\nname = \"a\"\ntoken_sha256 = \"{alice}\"\n[[operators]]\nname = \"a\"\ntoken_sha256 = \"{agent}\"\n"
+    );
+    assert_eq!(
+        error(&duplicate),
+        "mcp-ledger.toml:5:8: duplicate operator name `a` (first defined at line 2)"
+    );
+    let same = format!(
+        "[[operators]]\nname = \"a\"\ntoken_sha256 = \"{alice}\"\n[[operators]]\nname = \"b\"\ntoken_sha256 = \"{alice}\"\n"
+    );
+    assert_eq!(
+        error(&same),
+        "mcp-ledger.toml:6:16: operator `b` has the same `token_sha256` as operator `a`"
+    );
+    assert!(
+        error("[[operators]]\nname = \"a b\"\ntoken_sha256 = \"x\"\n")
+            .contains("operator name `a b` is not url-path-safe")
+    );
+    assert!(error("[[operators]]\nname = \"a\"\ntoken = \"x\"\n").contains("unknown field `token`"));
+}
+
+#[test]
+fn approvals_webhook_settings_are_read_checked_and_resolved() {
+    let config = parse("").unwrap();
+    assert_eq!(config.approvals, ApprovalsConfig::default());
+    assert_eq!(config.approvals.webhook_timeout_ms, 3000);
+    assert_eq!(config.approvals.webhook_url, None);
+
+    let config = parse(
+        "[approvals]\nwebhook_url = \"https://hooks.example/services/${HOOK_PATH}\"\nwebhook_timeout_ms = 500\nconsole_url = \"https://ledger.internal/console\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.approvals.webhook_timeout_ms, 500);
+    assert_eq!(config.approvals.console_url.as_deref(), Some("https://ledger.internal/console"));
+    assert_eq!(config.warnings(), vec![]);
+    let resolved = config.resolve_secrets(env(&[("HOOK_PATH", "T0/B0/s3cret")])).unwrap();
+    assert_eq!(
+        resolved.approvals.webhook_url.as_deref(),
+        Some("https://hooks.example/services/T0/B0/s3cret")
+    );
+    assert_eq!(
+        config.resolve_secrets(env(&[])).unwrap_err().to_string(),
+        "mcp-ledger.toml: environment variable HOOK_PATH is not set; approvals.webhook_url needs it"
+    );
+    let whole = parse("[approvals]\nwebhook_url = \"${HOOK}\"\n").unwrap();
+    assert_eq!(
+        whole.resolve_secrets(env(&[("HOOK", "ftp://x")])).unwrap_err().to_string(),
+        "mcp-ledger.toml: approvals.webhook_url is not an absolute http:// or https:// url once its ${VAR} are substituted"
+    );
+
+    assert_eq!(
+        error("[approvals]\nwebhook_url = \"hooks.example/x\"\n"),
+        "mcp-ledger.toml:2:15: `approvals.webhook_url` must be an absolute http:// or https:// url"
+    );
+    assert_eq!(
+        error("[approvals]\nconsole_url = \"/console\"\n"),
+        "mcp-ledger.toml:2:15: `approvals.console_url` must be an absolute http:// or https:// url"
+    );
+    assert_eq!(
+        error("[approvals]\nwebhook_timeout_ms = 0\n"),
+        "mcp-ledger.toml:2:22: `approvals.webhook_timeout_ms` must be at least 1"
+    );
+    assert!(error("[approvals]\nwebhook_url = \"https://x/${\"\n").contains("unterminated"));
+    assert!(error("[approvals]\nurl = \"https://x\"\n").contains("unknown field `url`"));
+}
+
+#[test]
+fn a_literal_secret_in_the_webhook_url_is_warned_about_and_never_printed() {
+    let warning = "approvals.webhook_url holds a literal secret in its query or password; write the url as ${VAR}";
+    for url in [
+        "https://hooks.example/notify?token=abc",
+        "https://hooks.example/notify?channel=ops&sig=xyz",
+        "https://hooks.example/notify?k=a1b2c3d4e5f6g7h8i9",
+        "https://user:pw@hooks.example/notify",
+    ] {
+        let config = parse(&format!("[approvals]\nwebhook_url = \"{url}\"\n")).unwrap();
+        let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings, vec![warning.to_owned()], "{url}");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("https://hooks.example/<redacted>"), "{debug}");
+        for secret in ["abc", "xyz", "a1b2c3", ":pw@", "notify"] {
+            assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+        }
+    }
+    for url in [
+        "https://hooks.example/notify?channel=ops",
+        "https://hooks.example/notify?token=${HOOK_TOKEN}",
+        "${HOOK_URL}",
+    ] {
+        let config = parse(&format!("[approvals]\nwebhook_url = \"{url}\"\n")).unwrap();
+        assert_eq!(config.warnings(), vec![], "{url}");
+    }
 }
