@@ -309,3 +309,38 @@ async fn a_policy_edit_takes_effect_and_an_invalid_edit_keeps_the_previous_polic
     assert_eq!(reply["result"]["content"][0]["text"], denied_text, "{reply}");
     assert!(client.close().await.success());
 }
+
+#[tokio::test]
+async fn a_held_call_nobody_decides_expires_and_never_runs() {
+    let ledger = TestLedger::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    // The expiry is the clock under test: one second, decided by the proxy, not slept by the test.
+    let quick = POLICY.replace("expires_after = \"1m\"", "expires_after = \"1s\"");
+    std::fs::write(policies.join("ops.toml"), quick).unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let mut args = proxy_args(&ledger.url_string(), "support-bot", Some(&call_log));
+    args.splice(1..1, ["--policy".to_owned(), policies.display().to_string()]);
+    let mut client = LineClient::spawn(BIN, &args);
+    client.initialize().await;
+    let reply = client
+        .call_tool("send_email", json!({"to": "x@elsewhere.net", "subject": "s", "body": "b"}))
+        .await;
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    assert_eq!(reply["result"]["content"][0]["text"], "Held for operator approval, but nobody approved it in time");
+    assert!(calls_received(&call_log).is_empty(), "an expired hold never runs");
+    assert!(client.close().await.success());
+
+    let store = ledger.open().await;
+    let rows = store.provenance(10).await.unwrap();
+    assert_eq!(rows[0].outcome, "expired");
+    assert_eq!(rows[0].authorized_by, None);
+    let decisions = store.events_of_type("approval_decision").await.unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].data["verdict"], "expired");
+    assert_eq!(decisions[0].data["decided_by"], "system");
+    let url = ledger.url_string();
+    let (code, _, stderr) = run_cli(&["approvals", "approve", decisions[0].data["approval_id"].as_str().unwrap(), "--operator", "alice", "--ledger", &url]);
+    assert_eq!(code, 64, "an expired hold cannot be approved afterwards: {stderr}");
+}

@@ -7,6 +7,7 @@ mod bench;
 mod configured;
 mod demo;
 mod ledger;
+mod operators;
 mod policy;
 mod policy_test;
 mod serve;
@@ -47,6 +48,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage the agents allowed to call `serve` (`agents add NAME` creates a token)
     Agents(agents::AgentsArgs),
+    /// Manage the operators who decide held calls over HTTP (`operators add NAME` creates a token)
+    Operators(operators::OperatorsArgs),
     /// List, show, approve or deny calls held for an operator
     Approvals(approvals::ApprovalsArgs),
     /// Check policy files (`policy check [DIR]`)
@@ -76,6 +79,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Stdio(args) => stdio::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Agents(args) => agents::run(args).await,
+        Command::Operators(args) => operators::run(args).await,
         Command::Approvals(args) => approvals::run(args).await,
         Command::Policy(args) => policy::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,

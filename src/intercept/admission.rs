@@ -36,6 +36,13 @@ impl SharedPolicy {
     }
 }
 
+/// Told about each held call once its `approval_requested` event is committed, so that
+/// operators hear of it (the approvals webhook). `held` must return at once: delivery happens
+/// in the background and its failure never touches the hold.
+pub trait HoldNotifier: Send + Sync {
+    fn held(&self, request: &HoldRequest);
+}
+
 /// What the proxy does with a recorded request.
 pub enum Admission {
     /// Forward it.
@@ -171,6 +178,9 @@ impl SessionRecorder {
                 let mut draft = self.draft(EventType::ApprovalRequested, request.to_data());
                 draft.session_id = Some(self.identity.session_id.clone());
                 self.ledger.append(draft).await?;
+                if let Some(notifier) = &self.notifier {
+                    notifier.held(&request);
+                }
                 tracing::info!(approval_id = %request.approval_id, tool = %judged.tool, agent = %self.identity.agent, "call held for approval");
                 let progress_token =
                     params.get("_meta").and_then(|m| m.get("progressToken")).cloned();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-pub use admission::{Admission, HoldOutcome, PendingHold, SharedPolicy};
+pub use admission::{Admission, HoldNotifier, HoldOutcome, PendingHold, SharedPolicy};
 
 use crate::record::{Draft, EventType, Payload};
 use crate::store::writer::{AppendError, Ledger};
@@ -103,6 +103,8 @@ pub struct SessionRecorder {
     /// The policy in force (swapped on reload) and the store holds wait on.
     policy: SharedPolicy,
     store: Option<std::sync::Arc<dyn crate::store::Store>>,
+    /// Told about every hold once its request is committed (e.g. the approvals webhook).
+    notifier: Option<std::sync::Arc<dyn HoldNotifier>>,
     identity: SessionIdentity,
     recorded: std::sync::Arc<RecordedMethods>,
     started: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -124,6 +126,7 @@ impl SessionRecorder {
             ledger,
             policy: SharedPolicy::allow_all(),
             store: None,
+            notifier: None,
             identity,
             recorded: std::sync::Arc::new(recorded),
             started: Default::default(),
@@ -139,6 +142,12 @@ impl SessionRecorder {
     ) -> Self {
         self.policy = policy;
         self.store = Some(store);
+        self
+    }
+
+    /// Tells `notifier` about every call this session holds.
+    pub fn with_notifier(mut self, notifier: Option<std::sync::Arc<dyn HoldNotifier>>) -> Self {
+        self.notifier = notifier;
         self
     }
 

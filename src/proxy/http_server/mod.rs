@@ -41,7 +41,7 @@ use super::relay::{RelayOptions, relay_with};
 use super::shared_upstream::SharedUpstream;
 use super::upstream::{self, UpstreamSpec};
 use crate::intercept::{
-    AuthFailure, RecordedMethods, SessionIdentity, SessionRecorder, SharedPolicy,
+    AuthFailure, HoldNotifier, RecordedMethods, SessionIdentity, SessionRecorder, SharedPolicy,
     record_auth_failure,
 };
 use crate::store::Store;
@@ -75,6 +75,8 @@ pub struct ServeSettings {
     /// The policy every call is put to, and the store held calls wait on.
     pub policy: SharedPolicy,
     pub store: Arc<dyn Store>,
+    /// Told about every held call (the approvals webhook), if configured.
+    pub notifier: Option<Arc<dyn HoldNotifier>>,
 }
 
 /// Shared state of the HTTP front end.
@@ -176,7 +178,8 @@ impl HttpProxy {
         };
         let recorder =
             SessionRecorder::new(self.ledger.clone(), identity, endpoint.recorded.clone())
-                .with_policy(self.settings.policy.clone(), self.settings.store.clone());
+                .with_policy(self.settings.policy.clone(), self.settings.store.clone())
+                .with_notifier(self.settings.notifier.clone());
         let (to_relay, from_agent) = mpsc::channel(256);
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
         let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
@@ -564,6 +567,16 @@ pub async fn serve(
     proxy: Arc<HttpProxy>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, proxy, Router::new(), shutdown).await
+}
+
+/// [`serve`], with `extra` routes (the operator API and console) beside the proxy's.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<HttpProxy>,
+    extra: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let reaper = {
         // Check at least twice per timeout, and at most every 30 s.
         let every = (proxy.settings.session_idle_timeout / 2)
@@ -580,7 +593,7 @@ pub async fn serve(
             }
         })
     };
-    let app = proxy.router().into_make_service_with_connect_info::<SocketAddr>();
+    let app = proxy.router().merge(extra).into_make_service_with_connect_info::<SocketAddr>();
     // Open event streams would keep axum's graceful shutdown waiting forever: end the sessions
     // (which closes their streams) as soon as shutdown begins.
     let closer = proxy.clone();

@@ -1,0 +1,155 @@
+//! `mcp-ledger operators`: the people who approve or deny held calls through `serve`'s HTTP API
+//! and web console, each with a bearer token. As for agents, only the token's SHA-256 goes into
+//! the configuration and the token itself is shown once.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+
+use super::agents::generate_token;
+use super::{CliError, exit};
+use crate::config::{self, Config, token_sha256};
+
+#[derive(Debug, Args)]
+pub struct OperatorsArgs {
+    #[command(subcommand)]
+    command: OperatorsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorsCommand {
+    /// Create a token for a new operator and print the [[operators]] entry to add to the configuration
+    Add(AddArgs),
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// The operator's name, recorded as `operator/NAME` with every decision (letters, digits,
+    /// `.`, `_` and `-`)
+    name: String,
+    /// Check that this configuration file has no operator of that name yet (the file is not changed)
+    #[arg(long, value_name = "F")]
+    config: Option<PathBuf>,
+    /// Print {"name", "token", "token_sha256"} as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: OperatorsArgs) -> Result<u8, CliError> {
+    match args.command {
+        OperatorsCommand::Add(args) => add(args),
+    }
+}
+
+fn add(args: AddArgs) -> Result<u8, CliError> {
+    let name = args.name;
+    if !config::is_valid_name(&name) {
+        return Err(CliError::Usage(anyhow!(
+            "operator name `{name}` is not url-path-safe; use letters, digits, `.`, `_` and `-`"
+        )));
+    }
+    if let Some(path) = &args.config {
+        let config = Config::load(path).map_err(|e| CliError::Usage(e.into()))?;
+        if config.operators.iter().any(|operator| operator.name == name) {
+            return Err(CliError::Usage(anyhow!(
+                "{} already has an operator named `{name}`; choose another name, or remove that entry to replace its token",
+                path.display()
+            )));
+        }
+    }
+    let token = generate_token()
+        .map_err(|e| CliError::Failed(anyhow!(e).context("cannot read the os random generator")))?;
+    let hash = token_sha256(&token);
+    if args.json {
+        let value = serde_json::json!({ "name": name, "token": token, "token_sha256": hash });
+        println!("{value}");
+    } else {
+        println!("Token for operator `{name}`. Store this now, it is not saved anywhere:");
+        println!();
+        println!("    {token}");
+        println!();
+        println!("Add this to mcp-ledger.toml, then restart `mcp-ledger serve`:");
+        println!();
+        print!("{}", operator_entry(&name, &hash));
+        println!();
+        println!("Then open http://<listen addr>/console, or use /api/approvals with");
+        println!("`Authorization: Bearer <token>`.");
+    }
+    Ok(exit::OK)
+}
+
+/// The `[[operators]]` table for the configuration. `name` is a valid name: no escaping needed.
+fn operator_entry(name: &str, token_sha256: &str) -> String {
+    format!("[[operators]]\nname = \"{name}\"\ntoken_sha256 = \"{token_sha256}\"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn add_args(name: &str, config: Option<&Path>) -> OperatorsArgs {
+        OperatorsArgs {
+            command: OperatorsCommand::Add(AddArgs {
+                name: name.to_owned(),
+                config: config.map(Path::to_owned),
+                json: true,
+            }),
+        }
+    }
+
+    async fn failure(args: OperatorsArgs) -> (u8, String) {
+        let error = run(args).await.expect_err("the command should fail");
+        (error.exit_code(), format!("{error}"))
+    }
+
+    #[test]
+    fn the_printed_entry_loads_and_authenticates_the_token() {
+        let token = generate_token().unwrap();
+        let entry = operator_entry("alice", &token_sha256(&token));
+        let config = Config::from_toml(&entry, Path::new("mcp-ledger.toml")).unwrap();
+        assert_eq!(config.operators.len(), 1);
+        assert_eq!(config.operator_by_token(&token).unwrap().name, "alice");
+        assert!(config.agent_by_token(&token).is_none(), "an operator is not an agent");
+        assert!(config.operator_by_token(&generate_token().unwrap()).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_name_is_a_usage_error() {
+        assert_eq!(
+            failure(add_args("alice smith", None)).await,
+            (
+                exit::USAGE,
+                "operator name `alice smith` is not url-path-safe; use letters, digits, `.`, `_` and `-`"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_the_config_already_has_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcp-ledger.toml");
+        // An agent of the same name does not count: agents and operators are separate.
+        let text = format!(
+            "{}[[agents]]\nname = \"bob\"\ntoken_sha256 = \"{}\"\n",
+            operator_entry("alice", &token_sha256("t")),
+            token_sha256("u")
+        );
+        std::fs::write(&path, &text).unwrap();
+
+        let (code, message) = failure(add_args("alice", Some(&path))).await;
+        assert_eq!(code, exit::USAGE);
+        assert_eq!(
+            message,
+            format!(
+                "{} already has an operator named `alice`; choose another name, or remove that entry to replace its token",
+                path.display()
+            )
+        );
+        assert_eq!(run(add_args("bob", Some(&path))).await.unwrap(), exit::OK);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the file is never changed");
+    }
+}
