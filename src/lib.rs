@@ -1,6 +1,7 @@
 //! mcp-ledger: a transparent MCP proxy that durably records every crossing in a hash-chained
 //! ledger before forwarding it. See ARCHITECTURE.md for the map of the code.
 
+pub mod api;
 pub mod approval;
 pub mod cli;
 pub mod config;

@@ -6,6 +6,7 @@ mod approvals;
 mod bench;
 mod configured;
 mod demo;
+mod keygen;
 mod ledger;
 mod operators;
 mod policy;
@@ -54,6 +55,8 @@ enum Command {
     Approvals(approvals::ApprovalsArgs),
     /// Check policy files (`policy check [DIR]`)
     Policy(policy::PolicyArgs),
+    /// Create the Ed25519 key pair that signs checkpoints (private key mode 0600, public key in PATH.pub)
+    Keygen(keygen::KeygenArgs),
     /// Recompute every hash and link; exit 0 intact, 1 tampered, 2 could not check
     Verify(ledger::VerifyArgs),
     /// Show recorded tool calls (the provenance view), newest last
@@ -82,6 +85,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Operators(args) => operators::run(args).await,
         Command::Approvals(args) => approvals::run(args).await,
         Command::Policy(args) => policy::run(args).await,
+        Command::Keygen(args) => keygen::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
         Command::Log(args) => ledger::log(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,

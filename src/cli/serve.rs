@@ -9,8 +9,10 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 
 use super::{CliError, LedgerArgs, configured, exit};
+use crate::api::{self, ApiState, OperatorTokens, Webhook};
+use crate::intercept::HoldNotifier;
 use crate::proxy::http_server::{
-    AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve,
+    AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve_with,
 };
 use crate::store::writer::Ledger;
 use crate::store::{self, DEFAULT_CHAIN, StoreOptions};
@@ -50,6 +52,13 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         config.agents.iter().map(|a| (a.name.clone(), a.token_sha256.clone())).collect();
     let agents =
         AgentTokens::new(&agents, allow_anonymous).map_err(|e| CliError::Usage(anyhow!(e)))?;
+    let operators =
+        OperatorTokens::from_config(&config).map_err(|e| CliError::Usage(anyhow!(e)))?;
+    if operators.is_empty() {
+        tracing::info!(
+            "no [[operators]] configured: the approvals API and console refuse every request; add one with `mcp-ledger operators add NAME`"
+        );
+    }
     let mut endpoints = HashMap::new();
     for server in &config.servers {
         let endpoint = Endpoint {
@@ -74,32 +83,46 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
 
     let policy = configured::start_policy(args.policy.as_deref(), Some(&config))?;
-    let settings = ServeSettings {
+    let origins = OriginPolicy {
+        allowed_hosts: config.listen.allowed_hosts.clone(),
+        allowed_origins: config.listen.allowed_origins.clone(),
+    };
+    let mut settings = ServeSettings {
         policy,
         store: store.clone(),
         endpoints,
         agents,
-        origins: OriginPolicy {
-            allowed_hosts: config.listen.allowed_hosts.clone(),
-            allowed_origins: config.listen.allowed_origins.clone(),
-        },
+        origins: origins.clone(),
         max_body_bytes: config.listen.max_body_bytes,
         max_sessions: config.listen.max_sessions,
         session_idle_timeout: Duration::from_secs(config.listen.session_idle_timeout_secs),
+        notifier: None,
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
         .map_err(CliError::Failed)?;
     let bound = listener.local_addr().map_err(|e| CliError::Failed(e.into()))?;
+    let console_url =
+        config.approvals.console_url.clone().unwrap_or_else(|| format!("http://{bound}/console"));
+    if let Some(url) = &config.approvals.webhook_url {
+        let timeout = Duration::from_millis(config.approvals.webhook_timeout_ms);
+        let webhook = Webhook::new(url, timeout, &console_url)
+            .context("in [approvals] webhook_url")
+            .map_err(CliError::Usage)?;
+        tracing::info!(webhook = %webhook.shown_url(), "announcing held calls to the approvals webhook");
+        settings.notifier = Some(std::sync::Arc::new(webhook) as std::sync::Arc<dyn HoldNotifier>);
+    }
+    let api = api::router(ApiState { store: store.clone(), operators, origins });
     let proxy = HttpProxy::new(settings, ledger);
     tracing::info!(ledger = %url, "recording to the ledger");
     for server in &config.servers {
         // Printed, not logged: it is the address to put in client configs.
         println!("serving {} at http://{bound}/mcp/{}", server.name, server.name);
     }
+    println!("operator console at {console_url}");
 
-    serve(listener, proxy, shutdown_signal())
+    serve_with(listener, proxy, api, shutdown_signal())
         .await
         .with_context(|| format!("the HTTP server on {bound} failed"))
         .map_err(CliError::Failed)?;

@@ -673,7 +673,9 @@ fn operators_follow_the_agent_rules_and_never_share_an_agents_token() {
         error("[[operators]]\nname = \"a b\"\ntoken_sha256 = \"x\"\n")
             .contains("operator name `a b` is not url-path-safe")
     );
-    assert!(error("[[operators]]\nname = \"a\"\ntoken = \"x\"\n").contains("unknown field `token`"));
+    assert!(
+        error("[[operators]]\nname = \"a\"\ntoken = \"x\"\n").contains("unknown field `token`")
+    );
 }
 
 #[test]

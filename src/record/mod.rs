@@ -6,6 +6,8 @@
 
 mod canonical;
 mod event;
+pub mod checkpoint;
+pub mod merkle;
 pub mod verify;
 
 pub use canonical::{CanonicalError, canonical_bytes, payload_ref, sha256_hex};
