@@ -13,11 +13,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-ledger");
 
 fn keygen(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("keygen")
-        .args(args)
-        .output()
-        .expect("run mcp-ledger keygen")
+    Command::new(BIN).arg("keygen").args(args).output().expect("run mcp-ledger keygen")
 }
 
 fn stdout(output: &Output) -> String {
@@ -32,13 +28,8 @@ fn stderr(output: &Output) -> String {
 fn writes_an_owner_only_private_key_and_a_public_key_that_verifies_its_signatures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ledger.key");
-    let output = keygen(&[
-        "--name",
-        "ledger.example.com/prod",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let output =
+        keygen(&["--name", "ledger.example.com/prod", "--out", out.to_str().unwrap(), "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let printed: Value = serde_json::from_str(&stdout(&output)).unwrap();
 
@@ -62,18 +53,12 @@ fn writes_an_owner_only_private_key_and_a_public_key_that_verifies_its_signature
     assert_eq!(printed["fingerprint"], verifier.fingerprint());
     assert_eq!(printed["private_key_file"], out.to_str().unwrap());
     assert_eq!(printed["public_key_file"], public_file.to_str().unwrap());
-    assert!(
-        !stdout(&output).contains("PRIVATE"),
-        "the private key is never printed"
-    );
+    assert!(!stdout(&output).contains("PRIVATE"), "the private key is never printed");
 
     let tree = CompactTree::from_leaves(&[leaf_hash(b"one"), leaf_hash(b"two")]);
     let checkpoint = Checkpoint::of_tree(signer.name(), &tree).unwrap();
     let note = checkpoint::sign(&checkpoint, &signer);
-    assert_eq!(
-        checkpoint::verify(&note, std::slice::from_ref(&verifier)),
-        Ok(checkpoint)
-    );
+    assert_eq!(checkpoint::verify(&note, std::slice::from_ref(&verifier)), Ok(checkpoint));
     let forged = note.replacen("\n2\n", "\n3\n", 1);
     assert!(matches!(
         checkpoint::verify(&forged, &[verifier]),
@@ -99,10 +84,7 @@ fn refuses_to_overwrite_either_file() {
         stderr(&second)
     );
     assert_eq!(fs::read(&out).unwrap(), private);
-    assert_eq!(
-        fs::read(dir.path().join("mcp-ledger.key.pub")).unwrap(),
-        public
-    );
+    assert_eq!(fs::read(dir.path().join("mcp-ledger.key.pub")).unwrap(), public);
 
     // Only the .pub is in the way: nothing is written at all.
     let lone = dir.path().join("lone.key");
@@ -122,15 +104,12 @@ fn prints_the_public_key_and_fingerprint_and_defaults_the_name() {
     let out = dir.path().join("k");
     let output = keygen(&["--out", out.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let verifier = VerifyingKey::from_vkey(&fs::read_to_string(dir.path().join("k.pub")).unwrap())
-        .unwrap();
+    let verifier =
+        VerifyingKey::from_vkey(&fs::read_to_string(dir.path().join("k.pub")).unwrap()).unwrap();
     assert_eq!(verifier.name(), "mcp-ledger");
     let text = stdout(&output);
     assert!(text.contains(&format!("public key:  {verifier}")), "{text}");
-    assert!(
-        text.contains(&format!("fingerprint: {}", verifier.fingerprint())),
-        "{text}"
-    );
+    assert!(text.contains(&format!("fingerprint: {}", verifier.fingerprint())), "{text}");
     assert!(!text.contains("PRIVATE"), "{text}");
 }
 

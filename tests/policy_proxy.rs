@@ -328,7 +328,10 @@ async fn a_held_call_nobody_decides_expires_and_never_runs() {
         .call_tool("send_email", json!({"to": "x@elsewhere.net", "subject": "s", "body": "b"}))
         .await;
     assert_eq!(reply["result"]["isError"], true, "{reply}");
-    assert_eq!(reply["result"]["content"][0]["text"], "Held for operator approval, but nobody approved it in time");
+    assert_eq!(
+        reply["result"]["content"][0]["text"],
+        "Held for operator approval, but nobody approved it in time"
+    );
     assert!(calls_received(&call_log).is_empty(), "an expired hold never runs");
     assert!(client.close().await.success());
 
@@ -341,6 +344,14 @@ async fn a_held_call_nobody_decides_expires_and_never_runs() {
     assert_eq!(decisions[0].data["verdict"], "expired");
     assert_eq!(decisions[0].data["decided_by"], "system");
     let url = ledger.url_string();
-    let (code, _, stderr) = run_cli(&["approvals", "approve", decisions[0].data["approval_id"].as_str().unwrap(), "--operator", "alice", "--ledger", &url]);
+    let (code, _, stderr) = run_cli(&[
+        "approvals",
+        "approve",
+        decisions[0].data["approval_id"].as_str().unwrap(),
+        "--operator",
+        "alice",
+        "--ledger",
+        &url,
+    ]);
     assert_eq!(code, 64, "an expired hold cannot be approved afterwards: {stderr}");
 }

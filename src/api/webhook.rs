@@ -31,6 +31,8 @@ struct Inner {
     timeout: Duration,
     /// The console's address; each payload links to its approval there.
     console_url: String,
+    /// Where each delivery attempt is recorded, so that a failed announcement is on the record.
+    ledger: std::sync::Mutex<Option<crate::store::writer::Ledger>>,
 }
 
 /// Why a delivery failed. Never contains the webhook's URL.
@@ -71,8 +73,36 @@ impl Webhook {
                 url: parsed,
                 timeout,
                 console_url: console_url.to_owned(),
+                ledger: std::sync::Mutex::default(),
             }),
         })
+    }
+
+    /// Records every delivery attempt as an `approval_notice` event in `ledger`.
+    pub fn record_to(&self, ledger: crate::store::writer::Ledger) {
+        *self.inner.ledger.lock().expect("lock") = Some(ledger);
+    }
+
+    /// Appends how the announcement of `request` went; a ledger failure here is only logged,
+    /// since the hold itself is already recorded and must not depend on its announcement.
+    async fn record(&self, request: &HoldRequest, outcome: &Result<(), WebhookError>) {
+        let Some(ledger) = self.inner.ledger.lock().expect("lock").clone() else { return };
+        let mut draft = crate::record::Draft::new(
+            crate::record::EventType::ApprovalNotice,
+            json!({
+                "approval_id": request.approval_id,
+                "call_id": request.call_id,
+                "channel": "webhook",
+                "webhook": self.inner.shown,
+                "delivered": outcome.is_ok(),
+                "error": outcome.as_ref().err().map(|e| e.to_string()),
+            }),
+        );
+        draft.agent = Some(request.agent.clone());
+        draft.server = Some(request.server.clone());
+        if let Err(error) = ledger.append(draft).await {
+            tracing::warn!(%error, approval_id = %request.approval_id, "could not record the webhook delivery");
+        }
     }
 
     /// The webhook's address for logs and messages: scheme and host only.
@@ -146,7 +176,9 @@ impl HoldNotifier for Webhook {
         };
         let (webhook, request) = (self.clone(), request.clone());
         runtime.spawn(async move {
-            match webhook.deliver(&request).await {
+            let outcome = webhook.deliver(&request).await;
+            webhook.record(&request, &outcome).await;
+            match outcome {
                 Ok(()) => tracing::info!(
                     approval_id = %request.approval_id, webhook = %webhook.shown_url(),
                     "announced the held call to the approvals webhook"

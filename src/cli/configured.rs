@@ -156,3 +156,21 @@ fn policy_fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, u64, Option<std::t
     files.sort();
     files
 }
+
+/// The approvals webhook of `[approvals]`, recording its deliveries to `ledger`, if one is set.
+/// `console_url` is where its messages send operators when `[approvals] console_url` is unset.
+pub fn approvals_webhook(
+    config: &Config,
+    console_url: &str,
+    ledger: &crate::store::writer::Ledger,
+) -> Result<Option<std::sync::Arc<dyn crate::intercept::HoldNotifier>>, CliError> {
+    let Some(url) = &config.approvals.webhook_url else { return Ok(None) };
+    let console_url = config.approvals.console_url.as_deref().unwrap_or(console_url);
+    let timeout = std::time::Duration::from_millis(config.approvals.webhook_timeout_ms);
+    let webhook = crate::api::webhook::Webhook::new(url, timeout, console_url)
+        .context("in [approvals] webhook_url")
+        .map_err(CliError::Usage)?;
+    tracing::info!(webhook = %webhook.shown_url(), "announcing held calls to the approvals webhook");
+    webhook.record_to(ledger.clone());
+    Ok(Some(std::sync::Arc::new(webhook)))
+}

@@ -74,7 +74,9 @@ pub async fn run(args: KeygenArgs) -> Result<u8, CliError> {
         println!("public key:  {public_key}");
         println!("fingerprint: {}", key.fingerprint());
         println!();
-        println!("Point `signing_key` in [ledger] at the private key; give auditors the public key.");
+        println!(
+            "Point `signing_key` in [ledger] at the private key; give auditors the public key."
+        );
     }
     Ok(exit::OK)
 }

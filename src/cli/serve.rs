@@ -9,8 +9,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 
 use super::{CliError, LedgerArgs, configured, exit};
-use crate::api::{self, ApiState, OperatorTokens, Webhook};
-use crate::intercept::HoldNotifier;
+use crate::api::{self, ApiState, OperatorTokens};
 use crate::proxy::http_server::{
     AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve_with,
 };
@@ -105,14 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let bound = listener.local_addr().map_err(|e| CliError::Failed(e.into()))?;
     let console_url =
         config.approvals.console_url.clone().unwrap_or_else(|| format!("http://{bound}/console"));
-    if let Some(url) = &config.approvals.webhook_url {
-        let timeout = Duration::from_millis(config.approvals.webhook_timeout_ms);
-        let webhook = Webhook::new(url, timeout, &console_url)
-            .context("in [approvals] webhook_url")
-            .map_err(CliError::Usage)?;
-        tracing::info!(webhook = %webhook.shown_url(), "announcing held calls to the approvals webhook");
-        settings.notifier = Some(std::sync::Arc::new(webhook) as std::sync::Arc<dyn HoldNotifier>);
-    }
+    settings.notifier = configured::approvals_webhook(&config, &console_url, &ledger)?;
     let api = api::router(ApiState { store: store.clone(), operators, origins });
     let proxy = HttpProxy::new(settings, ledger);
     tracing::info!(ledger = %url, "recording to the ledger");

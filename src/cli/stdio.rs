@@ -124,8 +124,17 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         upstream: plan.upstream.describe(),
     };
     tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, session_id = %identity.session_id, "recording session");
-    let recorder =
-        SessionRecorder::new(ledger, identity, plan.recorded).with_policy(policy, store.clone());
+    // Operators reach held calls through a `serve` on this ledger, if there is one.
+    let webhook = match &plan.config {
+        Some(config) => {
+            let console = format!("http://{}/console", config.listen.addr);
+            configured::approvals_webhook(config, &console, &ledger)?
+        }
+        None => None,
+    };
+    let recorder = SessionRecorder::new(ledger, identity, plan.recorded)
+        .with_policy(policy, store.clone())
+        .with_notifier(webhook);
     let call_timeout = (plan.call_timeout_secs > 0)
         .then(|| std::time::Duration::from_secs(plan.call_timeout_secs));
     let end = serve_stdio(recorder, pipe, call_timeout).await;

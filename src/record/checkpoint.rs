@@ -57,9 +57,7 @@ impl Checkpoint {
     pub fn new(origin: impl Into<String>, size: u64, root: Hash) -> Result<Self, CheckpointError> {
         let origin = origin.into();
         if origin.is_empty() || origin.chars().any(char::is_control) {
-            return Err(malformed(
-                "the origin must be non-empty and free of control characters",
-            ));
+            return Err(malformed("the origin must be non-empty and free of control characters"));
         }
         Ok(Checkpoint { origin, size, root })
     }
@@ -83,12 +81,7 @@ impl Checkpoint {
 
     /// The note text: origin, size and base64 root, one per line.
     pub fn body(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.size,
-            BASE64.encode(self.root)
-        )
+        format!("{}\n{}\n{}\n", self.origin, self.size, BASE64.encode(self.root))
     }
 
     /// Parses a note text. Extension lines (after the root) are allowed by the spec and opaque:
@@ -100,9 +93,7 @@ impl Checkpoint {
             .split('\n')
             .collect();
         let [origin, size, root, extensions @ ..] = lines.as_slice() else {
-            return Err(malformed(
-                "a checkpoint has an origin, a size and a root hash line",
-            ));
+            return Err(malformed("a checkpoint has an origin, a size and a root hash line"));
         };
         if extensions.iter().any(|line| line.is_empty()) {
             return Err(malformed("a checkpoint extension line is empty"));
@@ -114,11 +105,10 @@ impl Checkpoint {
             .then(|| size.parse::<u64>().ok())
             .flatten()
             .ok_or_else(|| malformed(format!("tree size {size:?} is not a decimal number")))?;
-        let root: Hash = BASE64
-            .decode(root)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| malformed(format!("root hash {root:?} is not 32 bytes of base64")))?;
+        let root: Hash =
+            BASE64.decode(root).ok().and_then(|bytes| bytes.try_into().ok()).ok_or_else(|| {
+                malformed(format!("root hash {root:?} is not 32 bytes of base64"))
+            })?;
         Self::new(*origin, size, root)
     }
 }
@@ -139,11 +129,7 @@ pub enum CheckpointError {
 }
 
 fn display_list(items: &[String]) -> String {
-    if items.is_empty() {
-        "nobody".to_owned()
-    } else {
-        items.join(", ")
-    }
+    if items.is_empty() { "nobody".to_owned() } else { items.join(", ") }
 }
 
 fn malformed(reason: impl Into<String>) -> CheckpointError {
@@ -158,17 +144,9 @@ pub enum KeyError {
     )]
     InvalidName(String),
     #[error("malformed {kind}: {reason}")]
-    Malformed {
-        kind: &'static str,
-        reason: &'static str,
-    },
+    Malformed { kind: &'static str, reason: &'static str },
     #[error("{kind} for {name} says key ID {stated} but the key's ID is {computed}")]
-    IdMismatch {
-        kind: &'static str,
-        name: String,
-        stated: String,
-        computed: String,
-    },
+    IdMismatch { kind: &'static str, name: String, stated: String, computed: String },
 }
 
 const PUBLIC: &str = "public key";
@@ -209,9 +187,7 @@ fn parse_key_parts(kind: &'static str, text: &str) -> Result<(String, u32, [u8; 
     let [ED25519, material @ ..] = key.as_slice() else {
         return Err(bad("the key is not an Ed25519 (type 0x01) key"));
     };
-    let material: [u8; 32] = material
-        .try_into()
-        .map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
+    let material: [u8; 32] = material.try_into().map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
     Ok((name.to_owned(), id, material))
 }
 
@@ -242,23 +218,16 @@ impl SigningKey {
         check_name(name)?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let id = key_id(name, &key.verifying_key());
-        Ok(SigningKey {
-            name: name.to_owned(),
-            id,
-            key,
-        })
+        Ok(SigningKey { name: name.to_owned(), id, key })
     }
 
     /// Reads `PRIVATE+KEY+<name>+<key ID>+<base64(0x01 || seed)>` (surrounding whitespace, such as
     /// a file's final newline, is ignored).
     pub fn from_private_key(text: &str) -> Result<Self, KeyError> {
-        let rest = text
-            .trim()
-            .strip_prefix(PRIVATE_PREFIX)
-            .ok_or(KeyError::Malformed {
-                kind: PRIVATE,
-                reason: "it does not start with PRIVATE+KEY+",
-            })?;
+        let rest = text.trim().strip_prefix(PRIVATE_PREFIX).ok_or(KeyError::Malformed {
+            kind: PRIVATE,
+            reason: "it does not start with PRIVATE+KEY+",
+        })?;
         let (name, stated, seed) = parse_key_parts(PRIVATE, rest)?;
         let key = Self::from_seed(&name, seed)?;
         check_id(PRIVATE, &name, stated, key.id)?;
@@ -269,12 +238,7 @@ impl SigningKey {
     pub fn to_private_key(&self) -> String {
         let mut material = vec![ED25519];
         material.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{PRIVATE_PREFIX}{}+{:08x}+{}",
-            self.name,
-            self.id,
-            BASE64.encode(&material)
-        )
+        format!("{PRIVATE_PREFIX}{}+{:08x}+{}", self.name, self.id, BASE64.encode(&material))
     }
 
     pub fn name(&self) -> &str {
@@ -293,11 +257,7 @@ impl SigningKey {
 
     /// The public half, to hand to verifiers.
     pub fn verifying_key(&self) -> VerifyingKey {
-        VerifyingKey {
-            name: self.name.clone(),
-            id: self.id,
-            key: self.key.verifying_key(),
-        }
+        VerifyingKey { name: self.name.clone(), id: self.id, key: self.key.verifying_key() }
     }
 }
 
@@ -323,10 +283,7 @@ impl VerifyingKey {
     /// ignored). The key ID must be the one the spec recommends, and small-order keys are refused.
     pub fn from_vkey(text: &str) -> Result<Self, KeyError> {
         let (name, stated, material) = parse_key_parts(PUBLIC, text.trim())?;
-        let bad = |reason| KeyError::Malformed {
-            kind: PUBLIC,
-            reason,
-        };
+        let bad = |reason| KeyError::Malformed { kind: PUBLIC, reason };
         let key = ed25519_dalek::VerifyingKey::from_bytes(&material)
             .map_err(|_| bad("not a point on Ed25519"))?;
         if key.is_weak() {
@@ -356,13 +313,7 @@ impl fmt::Display for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut material = vec![ED25519];
         material.extend_from_slice(self.key.as_bytes());
-        write!(
-            f,
-            "{}+{:08x}+{}",
-            self.name,
-            self.id,
-            BASE64.encode(&material)
-        )
+        write!(f, "{}+{:08x}+{}", self.name, self.id, BASE64.encode(&material))
     }
 }
 
@@ -395,11 +346,7 @@ pub fn sign_note(text: &str, key: &SigningKey) -> Result<String, CheckpointError
     let signature = key.key.sign(text.as_bytes());
     let mut blob = key.id.to_be_bytes().to_vec();
     blob.extend_from_slice(&signature.to_bytes());
-    Ok(format!(
-        "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-        key.name,
-        BASE64.encode(&blob)
-    ))
+    Ok(format!("{text}\n{SIGNATURE_PREFIX}{} {}\n", key.name, BASE64.encode(&blob)))
 }
 
 /// Verifies a signed note against `keys` and returns its text (final newline included).
@@ -421,36 +368,29 @@ pub fn open_note<'a>(note: &'a str, keys: &[VerifyingKey]) -> Result<&'a str, Ch
     let mut verified = false;
     for (n, line) in signatures.split('\n').enumerate() {
         if n == MAX_SIGNATURES {
-            return Err(malformed(format!(
-                "the note has more than {MAX_SIGNATURES} signatures"
-            )));
+            return Err(malformed(format!("the note has more than {MAX_SIGNATURES} signatures")));
         }
         let (name, id, signature) = parse_signature_line(line)?;
         let Some(key) = keys.iter().find(|key| key.name == name && key.id == id) else {
             signers.push(format!("{name}+{id:08x}"));
             continue;
         };
-        let bad = || CheckpointError::BadSignature {
-            key: format!("{}+{}", key.name, key.fingerprint()),
-        };
+        let bad =
+            || CheckpointError::BadSignature { key: format!("{}+{}", key.name, key.fingerprint()) };
         let signature: [u8; 64] = signature.try_into().map_err(|_| bad())?;
         key.key
             .verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
             .map_err(|_| bad())?;
         verified = true;
     }
-    if verified {
-        Ok(text)
-    } else {
-        Err(CheckpointError::UnknownKey { signers })
-    }
+    if verified { Ok(text) } else { Err(CheckpointError::UnknownKey { signers }) }
 }
 
 /// `— <name> <base64(key ID || signature)>` into its name, key ID and signature bytes.
 fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), CheckpointError> {
-    let rest = line.strip_prefix(SIGNATURE_PREFIX).ok_or_else(|| {
-        malformed("a signature line does not start with an em dash and a space")
-    })?;
+    let rest = line
+        .strip_prefix(SIGNATURE_PREFIX)
+        .ok_or_else(|| malformed("a signature line does not start with an em dash and a space"))?;
     let (name, blob) = rest
         .split_once(' ')
         .ok_or_else(|| malformed("a signature line has no space between key name and signature"))?;
@@ -555,14 +495,9 @@ mod tests {
         let note = sign(&checkpoint, &signer);
         let root = BASE64.encode(checkpoint.root());
         let signature_line = note.lines().last().unwrap();
-        assert_eq!(
-            note,
-            format!("example.com/ledger\n3\n{root}\n\n{signature_line}\n")
-        );
+        assert_eq!(note, format!("example.com/ledger\n3\n{root}\n\n{signature_line}\n"));
         assert!(signature_line.starts_with("\u{2014} example.com/ledger "));
-        let blob = BASE64
-            .decode(signature_line.rsplit(' ').next().unwrap())
-            .unwrap();
+        let blob = BASE64.decode(signature_line.rsplit(' ').next().unwrap()).unwrap();
         assert_eq!(blob.len(), 4 + 64);
         assert_eq!(blob[..4], signer.key_id().to_be_bytes());
 
@@ -570,21 +505,21 @@ mod tests {
 
         let empty = Checkpoint::new("example.com/ledger", 0, EMPTY_ROOT).unwrap();
         let note = sign(&empty, &signer);
-        assert!(note.starts_with("example.com/ledger\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\n"));
+        assert!(note.starts_with(
+            "example.com/ledger\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\n"
+        ));
         assert_eq!(verify(&note, &[signer.verifying_key()]), Ok(empty));
     }
 
     #[test]
     fn keys_round_trip_through_their_text_forms() {
         let signer = key("example.com/ledger", 9);
-        let again = SigningKey::from_private_key(&format!("{}\n", signer.to_private_key())).unwrap();
+        let again =
+            SigningKey::from_private_key(&format!("{}\n", signer.to_private_key())).unwrap();
         assert_eq!(again.verifying_key(), signer.verifying_key());
         let vkey = signer.verifying_key().to_string();
         assert!(vkey.starts_with(&format!("example.com/ledger+{}+", signer.fingerprint())));
-        assert_eq!(
-            format!("{vkey}\n").parse::<VerifyingKey>().unwrap(),
-            signer.verifying_key()
-        );
+        assert_eq!(format!("{vkey}\n").parse::<VerifyingKey>().unwrap(), signer.verifying_key());
         // Same seed, other name: another key ID.
         assert_ne!(key("other", 9).key_id(), signer.key_id());
     }
@@ -645,21 +580,14 @@ mod tests {
         let other_type = GO_VKEY.replace("+ARpc", "+AhpC");
         assert!(matches!(
             VerifyingKey::from_vkey(&other_type),
-            Err(KeyError::Malformed {
-                reason: "the key is not an Ed25519 (type 0x01) key",
-                ..
-            })
+            Err(KeyError::Malformed { reason: "the key is not an Ed25519 (type 0x01) key", .. })
         ));
         // The identity point has small order: it would accept forged signatures.
         let mut identity = vec![ED25519, 1];
         identity.extend_from_slice(&[0; 31]);
-        let weak_key = ed25519_dalek::VerifyingKey::from_bytes(&identity[1..].try_into().unwrap())
-            .unwrap();
-        let weak = format!(
-            "weak+{:08x}+{}",
-            key_id("weak", &weak_key),
-            BASE64.encode(&identity)
-        );
+        let weak_key =
+            ed25519_dalek::VerifyingKey::from_bytes(&identity[1..].try_into().unwrap()).unwrap();
+        let weak = format!("weak+{:08x}+{}", key_id("weak", &weak_key), BASE64.encode(&identity));
         assert!(matches!(
             VerifyingKey::from_vkey(&weak),
             Err(KeyError::Malformed { reason, .. }) if reason.contains("small-order")
@@ -694,9 +622,7 @@ mod tests {
         for keys in [vec![], vec![other_name], vec![same_name_other_key]] {
             assert_eq!(
                 verify(&note, &keys),
-                Err(CheckpointError::UnknownKey {
-                    signers: signed_by.clone()
-                })
+                Err(CheckpointError::UnknownKey { signers: signed_by.clone() })
             );
         }
     }
@@ -711,16 +637,11 @@ mod tests {
         });
 
         assert_eq!(verify(&note.replacen("\n3\n", "\n4\n", 1), &trusted), bad);
-        let forged_root = sign(
-            &Checkpoint::new("example.com/ledger", 3, EMPTY_ROOT).unwrap(),
-            &signer,
-        );
+        let forged_root =
+            sign(&Checkpoint::new("example.com/ledger", 3, EMPTY_ROOT).unwrap(), &signer);
         let forged_body = forged_root.split("\n\n").next().unwrap();
         let original_signature = note.split("\n\n").nth(1).unwrap();
-        assert_eq!(
-            verify(&format!("{forged_body}\n\n{original_signature}"), &trusted),
-            bad
-        );
+        assert_eq!(verify(&format!("{forged_body}\n\n{original_signature}"), &trusted), bad);
 
         // A flipped bit anywhere in the signature itself.
         let (head, line) = note.rsplit_once(' ').unwrap();
@@ -737,10 +658,8 @@ mod tests {
 
         // A valid signature does not excuse a bad one from another trusted key.
         let second = key("example.com/witness", 3);
-        let cosigned = format!(
-            "{note}{}",
-            sign(&checkpoint(), &second).split("\n\n").nth(1).unwrap()
-        );
+        let cosigned =
+            format!("{note}{}", sign(&checkpoint(), &second).split("\n\n").nth(1).unwrap());
         let both = [signer.verifying_key(), second.verifying_key()];
         assert_eq!(verify(&cosigned, &both), Ok(checkpoint()));
         let (head2, last) = cosigned.trim_end().rsplit_once(' ').unwrap();
@@ -805,10 +724,7 @@ mod tests {
         }
 
         // A stranger's signature line (here with the trusted key's ID) is not malformed.
-        assert_eq!(
-            verify(&format!("{note}\u{2014} x {blob}\n"), &trusted),
-            Ok(checkpoint())
-        );
+        assert_eq!(verify(&format!("{note}\u{2014} x {blob}\n"), &trusted), Ok(checkpoint()));
         // Extension lines are allowed (and ignored).
         let extended = resign(&format!("example.com/ledger\n3\n{root}\nextension\n"));
         assert_eq!(verify(&extended, &trusted), Ok(checkpoint()));
@@ -828,10 +744,7 @@ mod tests {
         ));
         // Texts that cannot be signed.
         for text in ["", "no final newline", "tab\there\n"] {
-            assert!(matches!(
-                sign_note(text, &signer),
-                Err(CheckpointError::Malformed(_))
-            ));
+            assert!(matches!(sign_note(text, &signer), Err(CheckpointError::Malformed(_))));
         }
     }
 
@@ -842,17 +755,12 @@ mod tests {
             "no signature by a trusted key (signed by: nobody)"
         );
         assert_eq!(
-            CheckpointError::UnknownKey {
-                signers: vec!["a+00000001".into(), "b+00000002".into()]
-            }
-            .to_string(),
+            CheckpointError::UnknownKey { signers: vec!["a+00000001".into(), "b+00000002".into()] }
+                .to_string(),
             "no signature by a trusted key (signed by: a+00000001, b+00000002)"
         );
         assert_eq!(
-            CheckpointError::BadSignature {
-                key: "a+00000001".into()
-            }
-            .to_string(),
+            CheckpointError::BadSignature { key: "a+00000001".into() }.to_string(),
             "the signature by a+00000001 does not verify"
         );
     }

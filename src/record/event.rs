@@ -24,6 +24,7 @@ pub enum EventType {
     AuthFailed,
     ApprovalRequested,
     ApprovalDecision,
+    ApprovalNotice,
 }
 
 impl EventType {
@@ -38,6 +39,7 @@ impl EventType {
             EventType::AuthFailed => "auth_failed",
             EventType::ApprovalRequested => "approval_requested",
             EventType::ApprovalDecision => "approval_decision",
+            EventType::ApprovalNotice => "approval_notice",
         }
     }
 }

@@ -31,21 +31,12 @@ pub const EMPTY_ROOT: Hash = [
 
 /// The hash of a leaf whose bytes are `data`: `SHA-256(0x00 || data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    Sha256::new()
-        .chain_update([0x00])
-        .chain_update(data)
-        .finalize()
-        .into()
+    Sha256::new().chain_update([0x00]).chain_update(data).finalize().into()
 }
 
 /// The hash of an interior node: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update([0x01])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
+    Sha256::new().chain_update([0x01]).chain_update(left).chain_update(right).finalize().into()
 }
 
 /// The leaf hash of an event, from its `hash` column (64 lower-case hex digits): the leaf bytes are
@@ -153,10 +144,7 @@ struct CompactTreeRepr {
 
 impl From<CompactTree> for CompactTreeRepr {
     fn from(tree: CompactTree) -> Self {
-        CompactTreeRepr {
-            size: tree.size,
-            nodes: tree.nodes.iter().map(hex::encode).collect(),
-        }
+        CompactTreeRepr { size: tree.size, nodes: tree.nodes.iter().map(hex::encode).collect() }
     }
 }
 
@@ -182,10 +170,7 @@ impl TryFrom<CompactTreeRepr> for CompactTree {
                     .map_err(|_| format!("compact tree node {node:?} is not 64 hex digits"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(CompactTree {
-            size: repr.size,
-            nodes,
-        })
+        Ok(CompactTree { size: repr.size, nodes })
     }
 }
 
@@ -252,10 +237,7 @@ pub fn verify_inclusion(
     }
     let expected = path_len(index, size);
     if proof.len() != expected {
-        return Err(ProofError::WrongLength {
-            expected,
-            actual: proof.len(),
-        });
+        return Err(ProofError::WrongLength { expected, actual: proof.len() });
     }
     let (mut fn_, mut sn) = (index, size - 1);
     let mut r = *leaf_hash;
@@ -277,11 +259,7 @@ pub fn verify_inclusion(
         fn_ >>= 1;
         sn >>= 1;
     }
-    if sn == 0 && r == *root {
-        Ok(())
-    } else {
-        Err(ProofError::RootMismatch)
-    }
+    if sn == 0 && r == *root { Ok(()) } else { Err(ProofError::RootMismatch) }
 }
 
 /// The number of hashes in the audit path of `index` in a tree of `size` (`index < size`).
@@ -290,11 +268,7 @@ fn path_len(index: u64, size: u64) -> usize {
         return 0;
     }
     let k = split(size);
-    1 + if index < k {
-        path_len(index, k)
-    } else {
-        path_len(index - k, size - k)
-    }
+    1 + if index < k { path_len(index, k) } else { path_len(index - k, size - k) }
 }
 
 /// The proof that the tree of the first `old_size` leaves is a prefix of the tree of the first
@@ -340,11 +314,7 @@ fn subproof_len(m: u64, n: u64, complete: bool) -> usize {
         return usize::from(!complete);
     }
     let k = split(n);
-    1 + if m <= k {
-        subproof_len(m, k, complete)
-    } else {
-        subproof_len(m - k, n - k, false)
-    }
+    1 + if m <= k { subproof_len(m, k, complete) } else { subproof_len(m - k, n - k, false) }
 }
 
 /// Checks that the tree of `old_size` leaves with root `old_root` is a prefix of the tree of
@@ -361,30 +331,15 @@ pub fn verify_consistency(
     if old_size > new_size {
         return Err(ProofError::SizesOutOfOrder { old_size, new_size });
     }
-    let expected = if old_size == 0 {
-        0
-    } else {
-        subproof_len(old_size, new_size, true)
-    };
+    let expected = if old_size == 0 { 0 } else { subproof_len(old_size, new_size, true) };
     if proof.len() != expected {
-        return Err(ProofError::WrongLength {
-            expected,
-            actual: proof.len(),
-        });
+        return Err(ProofError::WrongLength { expected, actual: proof.len() });
     }
     if old_size == 0 {
-        return if *old_root == EMPTY_ROOT {
-            Ok(())
-        } else {
-            Err(ProofError::OldRootMismatch)
-        };
+        return if *old_root == EMPTY_ROOT { Ok(()) } else { Err(ProofError::OldRootMismatch) };
     }
     if old_size == new_size {
-        return if old_root == new_root {
-            Ok(())
-        } else {
-            Err(ProofError::NewRootMismatch)
-        };
+        return if old_root == new_root { Ok(()) } else { Err(ProofError::NewRootMismatch) };
     }
 
     // Here 0 < old_size < new_size, so the proof is not empty. When the old tree is a perfect
@@ -535,10 +490,7 @@ mod tests {
         let event_hash = "ab".repeat(32);
         assert_eq!(event_leaf_hash(&event_hash).unwrap(), leaf_hash(&[0xab; 32]));
         for bad in ["", "ab", &"AB".repeat(32), &"zz".repeat(32), &"ab".repeat(33)] {
-            assert!(
-                matches!(event_leaf_hash(bad), Err(ProofError::BadEventHash(_))),
-                "{bad}"
-            );
+            assert!(matches!(event_leaf_hash(bad), Err(ProofError::BadEventHash(_))), "{bad}");
         }
     }
 
@@ -567,10 +519,7 @@ mod tests {
     ];
 
     fn kat_leaves() -> Vec<Hash> {
-        KAT_LEAVES
-            .iter()
-            .map(|data| leaf_hash(&hex::decode(data).unwrap()))
-            .collect()
+        KAT_LEAVES.iter().map(|data| leaf_hash(&hex::decode(data).unwrap())).collect()
     }
 
     #[test]
@@ -607,11 +556,7 @@ mod tests {
                     "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
                 ],
             ),
-            (
-                3,
-                3,
-                &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-            ),
+            (3, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
             (
                 2,
                 5,
@@ -675,7 +620,8 @@ mod tests {
         for (old, new, want) in vectors {
             let want: Vec<Hash> = want.iter().map(|x| h(x)).collect();
             assert_eq!(consistency_proof(&leaves, old, new).unwrap(), want);
-            let (old_root, new_root) = (h(KAT_ROOTS[old as usize - 1]), h(KAT_ROOTS[new as usize - 1]));
+            let (old_root, new_root) =
+                (h(KAT_ROOTS[old as usize - 1]), h(KAT_ROOTS[new as usize - 1]));
             verify_consistency(old, new, &old_root, &new_root, &want).unwrap();
         }
     }
@@ -694,7 +640,7 @@ mod tests {
                 let leaf = &all[index as usize];
                 let proof = &proofs[&(index, size)];
                 assert_eq!(proof.len(), path_len(index, size));
-                verify_inclusion(leaf, index, size, &proof, root)
+                verify_inclusion(leaf, index, size, proof, root)
                     .unwrap_or_else(|e| panic!("index {index} size {size}: {e}"));
 
                 let fails = |leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash| {
@@ -702,12 +648,12 @@ mod tests {
                 };
                 // Every bit of the proof matters, and so do the leaf, the root and the index.
                 for at in 0..proof.len() {
-                    assert!(fails(leaf, index, size, &flip(&proof, at), root));
+                    assert!(fails(leaf, index, size, &flip(proof, at), root));
                 }
-                assert!(fails(&all[(index as usize + 1) % MAX as usize], index, size, &proof, root));
-                assert!(fails(leaf, index, size, &proof, &roots[size as usize - 1]));
+                assert!(fails(&all[(index as usize + 1) % MAX as usize], index, size, proof, root));
+                assert!(fails(leaf, index, size, proof, &roots[size as usize - 1]));
                 for other in (0..size).filter(|&i| i != index) {
-                    assert!(fails(leaf, other, size, &proof, root), "{index} as {other}");
+                    assert!(fails(leaf, other, size, proof, root), "{index} as {other}");
                 }
                 // Dropped, added or reordered hashes.
                 if let Some((_, shorter)) = proof.split_last() {
@@ -717,7 +663,7 @@ mod tests {
                 longer.push(*root);
                 assert!(fails(leaf, index, size, &longer, root));
                 let mut preceded = vec![*leaf];
-                preceded.extend_from_slice(&proof);
+                preceded.extend_from_slice(proof);
                 assert!(fails(leaf, index, size, &preceded, root));
                 if proof.len() > 1 {
                     let mut swapped = proof.clone();
@@ -751,22 +697,25 @@ mod tests {
         for new in 0..=MAX {
             for old in 0..=new {
                 let proof = &proofs[&(old, new)];
-                verify_consistency(old, new, r(old), r(new), &proof)
+                verify_consistency(old, new, r(old), r(new), proof)
                     .unwrap_or_else(|e| panic!("{old} -> {new}: {e}"));
                 let fails = |old: u64, new: u64, old_root: &Hash, new_root: &Hash, p: &[Hash]| {
                     verify_consistency(old, new, old_root, new_root, p).is_err()
                 };
 
                 for at in 0..proof.len() {
-                    assert!(fails(old, new, r(old), r(new), &flip(&proof, at)), "{old}->{new} bit {at}");
+                    assert!(
+                        fails(old, new, r(old), r(new), &flip(proof, at)),
+                        "{old}->{new} bit {at}"
+                    );
                 }
                 if old > 0 && old < new {
                     assert!(!proof.is_empty());
                     assert!(fails(old, new, r(old), r(new), &[]));
                     assert!(fails(old, new, r(old), r(new), &proof[..proof.len() - 1]));
-                    assert!(fails(old, new, r(new), r(old), &proof));
+                    assert!(fails(old, new, r(new), r(old), proof));
                     let mut preceded = vec![proof[0]];
-                    preceded.extend_from_slice(&proof);
+                    preceded.extend_from_slice(proof);
                     assert!(fails(old, new, r(old), r(new), &preceded));
                 }
                 let mut longer = proof.clone();
@@ -805,38 +754,20 @@ mod tests {
         let (r0, r3, r8) = (EMPTY_ROOT, root(&all[..3]), root(&all));
         assert_eq!(verify_consistency(0, 8, &r0, &r8, &[]), Ok(()));
         assert_eq!(verify_consistency(0, 0, &r0, &r0, &[]), Ok(()));
-        assert_eq!(
-            verify_consistency(0, 8, &r3, &r8, &[]),
-            Err(ProofError::OldRootMismatch)
-        );
+        assert_eq!(verify_consistency(0, 8, &r3, &r8, &[]), Err(ProofError::OldRootMismatch));
         assert_eq!(
             verify_consistency(0, 8, &r0, &r8, &[r0]),
-            Err(ProofError::WrongLength {
-                expected: 0,
-                actual: 1
-            })
+            Err(ProofError::WrongLength { expected: 0, actual: 1 })
         );
         assert_eq!(verify_consistency(8, 8, &r8, &r8, &[]), Ok(()));
-        assert_eq!(
-            verify_consistency(8, 8, &r8, &r3, &[]),
-            Err(ProofError::NewRootMismatch)
-        );
+        assert_eq!(verify_consistency(8, 8, &r8, &r3, &[]), Err(ProofError::NewRootMismatch));
         assert_eq!(
             verify_consistency(8, 3, &r8, &r3, &[]),
-            Err(ProofError::SizesOutOfOrder {
-                old_size: 8,
-                new_size: 3
-            })
+            Err(ProofError::SizesOutOfOrder { old_size: 8, new_size: 3 })
         );
         let proof = consistency_proof(&all, 3, 8).unwrap();
-        assert_eq!(
-            verify_consistency(3, 8, &r8, &r8, &proof),
-            Err(ProofError::OldRootMismatch)
-        );
-        assert_eq!(
-            verify_consistency(3, 8, &r3, &r3, &proof),
-            Err(ProofError::NewRootMismatch)
-        );
+        assert_eq!(verify_consistency(3, 8, &r8, &r8, &proof), Err(ProofError::OldRootMismatch));
+        assert_eq!(verify_consistency(3, 8, &r3, &r3, &proof), Err(ProofError::NewRootMismatch));
     }
 
     #[test]
@@ -848,10 +779,7 @@ mod tests {
         );
         assert_eq!(
             inclusion_proof(&all, 0, 9),
-            Err(ProofError::NotEnoughLeaves {
-                size: 9,
-                available: 8
-            })
+            Err(ProofError::NotEnoughLeaves { size: 9, available: 8 })
         );
         assert_eq!(
             inclusion_proof(&all, 0, 0),
@@ -859,23 +787,14 @@ mod tests {
         );
         assert_eq!(
             consistency_proof(&all, 5, 4),
-            Err(ProofError::SizesOutOfOrder {
-                old_size: 5,
-                new_size: 4
-            })
+            Err(ProofError::SizesOutOfOrder { old_size: 5, new_size: 4 })
         );
         assert_eq!(
             consistency_proof(&all, 5, 9),
-            Err(ProofError::NotEnoughLeaves {
-                size: 9,
-                available: 8
-            })
+            Err(ProofError::NotEnoughLeaves { size: 9, available: 8 })
         );
         // Proofs only look at the first `size` leaves.
-        assert_eq!(
-            inclusion_proof(&all, 2, 5).unwrap(),
-            inclusion_proof(&all[..5], 2, 5).unwrap()
-        );
+        assert_eq!(inclusion_proof(&all, 2, 5).unwrap(), inclusion_proof(&all[..5], 2, 5).unwrap());
     }
 
     #[test]
@@ -887,7 +806,11 @@ mod tests {
         for (i, leaf) in all.iter().enumerate() {
             tree.push(*leaf);
             let n = i as u64 + 1;
-            if n.is_power_of_two() || (n + 1).is_power_of_two() || n % 997 == 0 || n == 4100 {
+            if n.is_power_of_two()
+                || (n + 1).is_power_of_two()
+                || n.is_multiple_of(997)
+                || n == 4100
+            {
                 checkpoints.push((n, tree.root()));
             }
         }

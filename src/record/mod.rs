@@ -5,8 +5,8 @@
 //! trusts is the same code the tests and fuzzers exercise.
 
 mod canonical;
-mod event;
 pub mod checkpoint;
+mod event;
 pub mod merkle;
 pub mod verify;
 

@@ -366,11 +366,15 @@ async fn handle_post(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let limit = proxy.settings.max_body_bytes;
-            return jsonrpc_error_reply(
+            let mut response = jsonrpc_error_reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 -32600,
                 &format!("the request body exceeds the proxy's limit of {limit} bytes"),
             );
+            // The rest of the body was never read, so this connection cannot carry another
+            // request: say so, or a client may reuse it and lose its next request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
         Err(rejection) => return error_reply(rejection.status(), &rejection.body_text()),
     };
