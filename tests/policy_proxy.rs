@@ -355,3 +355,37 @@ async fn a_held_call_nobody_decides_expires_and_never_runs() {
     ]);
     assert_eq!(code, 64, "an expired hold cannot be approved afterwards: {stderr}");
 }
+
+#[tokio::test]
+async fn a_daily_budget_denies_the_call_that_would_exceed_it_across_processes() {
+    let ledger = TestLedger::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("ops.toml"),
+        format!("{POLICY}\n[budgets]\n\"support-bot\" = 2\n"),
+    )
+    .unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let lookup = json!({"customer_id": "cus_1001"});
+    // Spending is read from the ledger, so a second proxy process sees what the first one spent.
+    for expected_error in [false, false, true] {
+        let mut args = proxy_args(&ledger.url_string(), "support-bot", Some(&call_log));
+        args.splice(1..1, ["--policy".to_owned(), policies.display().to_string()]);
+        let mut client = LineClient::spawn(BIN, &args);
+        client.initialize().await;
+        let reply = client.call_tool("lookup_customer", lookup.clone()).await;
+        assert_eq!(reply["result"]["isError"], expected_error, "{reply}");
+        if expected_error {
+            let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+            assert!(text.contains("daily budget `support-bot` exceeded"), "{text}");
+        }
+        assert!(client.close().await.success());
+    }
+    assert_eq!(calls_received(&call_log).len(), 2, "the call over budget never ran");
+    let store = ledger.open().await;
+    assert_eq!(store.spent_today("support-bot").await.unwrap(), 2.0);
+    let rows = store.provenance(10).await.unwrap();
+    assert_eq!(rows[2].outcome, "denied");
+}

@@ -40,6 +40,7 @@ both_stores!(
     provenance_has_one_row_per_tool_call,
     migrations_are_idempotent,
     two_stores_on_one_ledger_keep_one_chain,
+    spent_today_counts_what_ran_or_waits,
 );
 
 fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
@@ -281,4 +282,39 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
         let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
         assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
     }
+}
+
+/// Today's spending: allowed and held calls count, denied, expired and cancelled ones do not.
+async fn spent_today_counts_what_ran_or_waits(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let call = |id: &str, effect: &str, cost: f64, agent: &str| {
+        let mut draft = Draft::new(
+            EventType::ToolCall,
+            json!({"call_id": id, "tool": "t", "cost_credits": cost, "decision": {"effect": effect}}),
+        );
+        draft.agent = Some(agent.into());
+        draft
+    };
+    let refused = Draft::new(
+        EventType::ToolResult,
+        json!({"call_id": "held-then-expired", "outcome": "expired"}),
+    );
+    store
+        .append(
+            DEFAULT_CHAIN,
+            &[
+                call("allowed", "allow", 2.5, "a"),
+                call("held", "hold", 1.0, "a"),
+                call("held-then-expired", "hold", 4.0, "a"),
+                call("denied", "deny", 8.0, "a"),
+                call("other-agent", "allow", 16.0, "b"),
+                refused,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.spent_today("a").await.unwrap(), 3.5);
+    assert_eq!(store.spent_today("b").await.unwrap(), 16.0);
+    assert_eq!(store.spent_today("nobody").await.unwrap(), 0.0);
+    store.close().await;
 }
