@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod approval;
+pub mod checkpointer;
 pub mod cli;
 pub mod config;
 pub mod demo;

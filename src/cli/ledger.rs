@@ -8,7 +8,8 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use futures::StreamExt;
 
 use super::{CliError, exit};
-use crate::record::verify::{Report, Verifier};
+use crate::record::checkpoint::VerifyingKey;
+use crate::record::verify::{CheckpointClaim, CheckpointVerifier, Report, Verifier};
 use crate::store::{self, LedgerUrl, ProvenanceRow, Store, StoreOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -53,6 +54,76 @@ pub struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// A trusted checkpoint key (C2SP vkey, or a file holding one, e.g. ledger.key.pub);
+    /// repeatable. Without one, checkpoint signatures are not checked
+    #[arg(long = "key", value_name = "PUBKEY")]
+    keys: Vec<String>,
+    /// Also check the checkpoints held in this anchor (a directory of .note files or a file of notes)
+    #[arg(long, value_name = "PATH")]
+    anchor: Option<std::path::PathBuf>,
+}
+
+/// Reads `--key` values: each a vkey, or the path of a file holding one.
+pub fn read_keys(values: &[String]) -> Result<Vec<VerifyingKey>, CliError> {
+    values
+        .iter()
+        .map(|value| {
+            VerifyingKey::from_vkey(value).or_else(|vkey_error| {
+                let path = std::path::Path::new(value);
+                if !path.exists() {
+                    return Err(CliError::Usage(anyhow::anyhow!(
+                        "--key {value}: not a public key ({vkey_error}) and no such file"
+                    )));
+                }
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the key file {}", path.display()))
+                    .map_err(CliError::Usage)?;
+                VerifyingKey::from_vkey(&text)
+                    .with_context(|| format!("{}: not a public key", path.display()))
+                    .map_err(CliError::Usage)
+            })
+        })
+        .collect()
+}
+
+/// Streams every event through the verifier and compares the log with every signed checkpoint:
+/// those in the `checkpoints` table and, with `anchor`, those held outside the database.
+pub async fn verify_store_with(
+    store: &dyn Store,
+    keys: Vec<VerifyingKey>,
+    anchor: Option<&std::path::Path>,
+) -> Result<Report, anyhow::Error> {
+    let mut claims: Vec<CheckpointClaim> = store
+        .checkpoints()
+        .await
+        .context("cannot read the checkpoints")?
+        .into_iter()
+        .map(|c| CheckpointClaim {
+            label: format!("checkpoint {} (size {})", c.id, c.tree_size),
+            chain_id: Some(c.chain_id),
+            note: c.note,
+        })
+        .collect();
+    if let Some(anchor) = anchor {
+        let notes = crate::checkpointer::read_anchor(anchor)
+            .with_context(|| format!("cannot read the anchor {}", anchor.display()))?;
+        claims.extend(notes.into_iter().map(|n| CheckpointClaim {
+            label: format!("anchored checkpoint {}", n.label),
+            chain_id: None,
+            note: n.note,
+        }));
+    }
+    let mut checkpoints = CheckpointVerifier::new(claims, keys);
+    let mut verifier = Verifier::new();
+    let mut events = store.events();
+    while let Some(event) = events.next().await {
+        let event = event.context("cannot read the ledger")?;
+        verifier.push(&event);
+        checkpoints.push(&event);
+    }
+    let mut report = verifier.finish();
+    checkpoints.finish_into(&mut report);
+    Ok(report)
 }
 
 /// Streams every event through the verifier.
@@ -66,8 +137,11 @@ pub async fn verify_store(store: &dyn Store) -> Result<Report, anyhow::Error> {
 }
 
 pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
+    let keys = read_keys(&args.keys)?;
     let store = args.ledger.open_existing(CliError::CouldNotCheck).await?;
-    let report = verify_store(store.as_ref()).await.map_err(CliError::CouldNotCheck)?;
+    let report = verify_store_with(store.as_ref(), keys, args.anchor.as_deref())
+        .await
+        .map_err(CliError::CouldNotCheck)?;
     store.close().await;
     if args.json {
         let status = if report.intact() { "intact" } else { "tampered" };
@@ -76,6 +150,17 @@ pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
         println!("{value}");
     } else {
         print_report(&report);
+        println!(
+            "checked: {} events, {} checkpoint(s), {} key(s){}",
+            report.events,
+            report.checkpoints,
+            report.keys,
+            if report.keys == 0 && report.checkpoints > 0 {
+                " (signatures not checked: pass --key)"
+            } else {
+                ""
+            }
+        );
     }
     Ok(if report.intact() { exit::OK } else { exit::FAILURE })
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod approvals;
 mod bench;
+mod checkpoints;
 mod configured;
 mod demo;
 mod keygen;
@@ -11,6 +12,7 @@ mod ledger;
 mod operators;
 mod policy;
 mod policy_test;
+mod proofs;
 mod serve;
 mod stdio;
 
@@ -53,7 +55,7 @@ enum Command {
     Operators(operators::OperatorsArgs),
     /// List, show, approve or deny calls held for an operator
     Approvals(approvals::ApprovalsArgs),
-    /// Check policy files (`policy check [DIR]`)
+    /// Check policy files (`policy check [DIR]`) or replay recorded calls against new ones (`policy test DIR`)
     Policy(policy::PolicyArgs),
     /// Create the Ed25519 key pair that signs checkpoints (private key mode 0600, public key in PATH.pub)
     Keygen(keygen::KeygenArgs),
@@ -61,6 +63,12 @@ enum Command {
     Verify(ledger::VerifyArgs),
     /// Show recorded tool calls (the provenance view), newest last
     Log(ledger::LogArgs),
+    /// Sign a checkpoint of the ledger now (and write it to an anchor)
+    Checkpoint(checkpoints::CheckpointArgs),
+    /// Print and check an inclusion proof of an event against the latest checkpoint
+    Prove(proofs::ProveArgs),
+    /// Print and check a proof that one checkpoint's log is a prefix of another's
+    Consistency(proofs::ConsistencyArgs),
     /// Create or update the ledger schema (and, in Postgres, the writer and auditor roles)
     Migrate(LedgerArgs),
     /// Run the built-in demo: an agent, the proxy and a customer-operations server, end to end
@@ -88,6 +96,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Keygen(args) => keygen::run(args).await,
         Command::Verify(args) => ledger::verify(args).await,
         Command::Log(args) => ledger::log(args).await,
+        Command::Checkpoint(args) => checkpoints::run(args).await,
+        Command::Prove(args) => proofs::prove(args).await,
+        Command::Consistency(args) => proofs::consistency(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -68,10 +68,6 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         };
         endpoints.insert(server.name.clone(), endpoint);
     }
-    if config.ledger.signing_key.is_none() {
-        tracing::warn!("no [ledger] signing_key: checkpoints are not signed");
-    }
-
     let url = configured::ledger_url(&args.ledger, Some(&config))?;
     let lock_timeout = Duration::from_millis(config.ledger.lock_timeout_ms);
     let options = StoreOptions { lock_timeout, ..StoreOptions::default() };
@@ -80,6 +76,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
+    let checkpointer =
+        super::checkpoints::start_checkpointer(store.clone(), &config.ledger).await?;
 
     let policy = configured::start_policy(args.policy.as_deref(), Some(&config))?;
     let origins = OriginPolicy {
@@ -120,6 +118,9 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .map_err(CliError::Failed)?;
     // Every session has ended and dropped its ledger handle: wait for the last commits.
     let _ = writer.await;
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.finish().await;
+    }
     store.close().await;
     Ok(exit::OK)
 }

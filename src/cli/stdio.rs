@@ -113,6 +113,13 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         .map_err(CliError::Failed)?;
     // An invalid policy stops us before the upstream is started, like an unreachable ledger.
     let policy = configured::start_policy(args.policy.as_deref(), plan.config.as_ref())?;
+    // So does an unreadable signing key.
+    let checkpointer = match &plan.config {
+        Some(config) => {
+            super::checkpoints::start_checkpointer(store.clone(), &config.ledger).await?
+        }
+        None => None,
+    };
     let pipe = upstream::connect(&plan.upstream).map_err(|e| CliError::Usage(e.into()))?;
 
     let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
@@ -140,6 +147,9 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     let end = serve_stdio(recorder, pipe, call_timeout).await;
     // Every handle to the writer is gone once the relay returns: wait for the last commits.
     let _ = writer.await;
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.finish().await;
+    }
     store.close().await;
     Ok(match end {
         RelayEnd::AgentClosed => exit::OK,

@@ -49,6 +49,13 @@ pub struct LedgerConfig {
     pub signing_key: Option<PathBuf>,
     /// How long a ledger write may wait for a lock or connection before the call fails closed.
     pub lock_timeout_ms: u64,
+    /// Sign a checkpoint after this many new events (default 1000)...
+    pub checkpoint_every_events: u64,
+    /// ...or after this many seconds with new events (default 60), and at shutdown.
+    pub checkpoint_every_secs: u64,
+    /// Where every checkpoint is also written: a directory (one file per checkpoint) or a file
+    /// (appended), meant to live on write-once storage; relative to the configuration file.
+    pub anchor: Option<PathBuf>,
 }
 
 /// `[listen]`: the Streamable HTTP endpoint of `serve`.
@@ -154,7 +161,14 @@ pub struct PolicyConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { url: None, signing_key: None, lock_timeout_ms: 5000 }
+        LedgerConfig {
+            url: None,
+            signing_key: None,
+            lock_timeout_ms: 5000,
+            checkpoint_every_events: 1000,
+            checkpoint_every_secs: 60,
+            anchor: None,
+        }
     }
 }
 
@@ -284,6 +298,9 @@ impl Config {
         if let Some(key) = &mut self.ledger.signing_key {
             rebase(key);
         }
+        if let Some(anchor) = &mut self.ledger.anchor {
+            rebase(anchor);
+        }
         if let Some(dir) = &mut self.policy.dir {
             rebase(dir);
         }
@@ -358,6 +375,9 @@ impl fmt::Debug for LedgerConfig {
             .field("url", &self.url.as_deref().map(secrets::redact_url_password))
             .field("signing_key", &self.signing_key)
             .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .field("checkpoint_every_events", &self.checkpoint_every_events)
+            .field("checkpoint_every_secs", &self.checkpoint_every_secs)
+            .field("anchor", &self.anchor)
             .finish()
     }
 }

@@ -42,6 +42,9 @@ struct RawLedger {
     url: Option<Spanned<String>>,
     signing_key: Option<PathBuf>,
     lock_timeout_ms: Option<u64>,
+    checkpoint_every_events: Option<Spanned<u64>>,
+    checkpoint_every_secs: Option<Spanned<u64>>,
+    anchor: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -191,6 +194,19 @@ fn ledger(source: &Source, raw: RawLedger) -> Result<LedgerConfig, ConfigError> 
         url: raw.url.map(Spanned::into_inner),
         signing_key: raw.signing_key,
         lock_timeout_ms: raw.lock_timeout_ms.unwrap_or(defaults.lock_timeout_ms),
+        checkpoint_every_events: at_least_one(
+            source,
+            raw.checkpoint_every_events,
+            "checkpoint_every_events",
+        )?
+        .unwrap_or(defaults.checkpoint_every_events),
+        checkpoint_every_secs: at_least_one(
+            source,
+            raw.checkpoint_every_secs,
+            "checkpoint_every_secs",
+        )?
+        .unwrap_or(defaults.checkpoint_every_secs),
+        anchor: raw.anchor,
     })
 }
 

@@ -184,7 +184,7 @@ default = "hold"
 fn unknown_keys_are_named_with_their_line() {
     assert_eq!(
         error("[ledger]\nurl = \"sqlite://x.db\"\nsigning_keys = \"k\"\n"),
-        "mcp-ledger.toml:3:1: unknown field `signing_keys`, expected one of `url`, `signing_key`, `lock_timeout_ms`"
+        "mcp-ledger.toml:3:1: unknown field `signing_keys`, expected one of `url`, `signing_key`, `lock_timeout_ms`, `checkpoint_every_events`, `checkpoint_every_secs`, `anchor`"
     );
     assert_eq!(
         error("[[servers]]\nname = \"a\"\ncommand = [\"x\"]\n  enviroment = {}\n"),

@@ -6,11 +6,14 @@
 //! a failing event: a swap moves rows by a few places far more often than by thousands, and a row
 //! moved further is still reported (as modified).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
+use base64::Engine;
 use serde::Serialize;
 
+use super::checkpoint::{self, Checkpoint, CheckpointError, VerifyingKey};
 use super::event::{Event, GENESIS_PREV_HASH};
+use super::merkle::{CompactTree, EMPTY_ROOT, Hash, event_leaf_hash, leaf_hash};
 
 /// How far from its stored position a row is searched for when its hash does not match.
 const REORDER_SEARCH_RADIUS: i64 = 64;
@@ -30,6 +33,21 @@ pub enum Finding {
     /// The row hashes correctly but does not link to the row before it: the row before was
     /// rewritten with a recomputed hash, or this one was forged into the chain.
     BrokenLink { chain_id: String, seq: i64, event_id: String },
+    /// The chain has fewer events than a signed checkpoint covers: events were deleted at its end.
+    Truncated { chain_id: String, checkpoint: String, tree_size: u64, log_size: u64 },
+    /// The chain's first `tree_size` events do not hash to the root a checkpoint signed: history
+    /// was rewritten (even if every hash and link was recomputed).
+    Rewritten {
+        chain_id: String,
+        checkpoint: String,
+        tree_size: u64,
+        checkpoint_root: String,
+        log_root: String,
+    },
+    /// A checkpoint's signature by a trusted key does not verify, or the note is malformed.
+    BadSignature { checkpoint: String, reason: String },
+    /// A checkpoint is not signed by any trusted key for its origin.
+    UnknownKey { checkpoint: String, reason: String },
 }
 
 impl Finding {
@@ -40,6 +58,10 @@ impl Finding {
             Finding::Missing { .. } => "missing",
             Finding::Inserted { .. } => "inserted",
             Finding::BrokenLink { .. } => "broken_link",
+            Finding::Truncated { .. } => "truncated",
+            Finding::Rewritten { .. } => "rewritten",
+            Finding::BadSignature { .. } => "bad_signature",
+            Finding::UnknownKey { .. } => "unknown_key",
         }
     }
 }
@@ -76,6 +98,26 @@ impl std::fmt::Display for Finding {
                  event before it; seq {} was rewritten or this event was forged",
                 seq - 1
             ),
+            Finding::Truncated { chain_id, checkpoint, tree_size, log_size } => write!(
+                f,
+                "truncated: chain {chain_id} has {log_size} events but {checkpoint} signed \
+                 {tree_size}; the events after seq {log_size} were deleted"
+            ),
+            Finding::Rewritten { chain_id, checkpoint, tree_size, checkpoint_root, log_root } => {
+                write!(
+                    f,
+                    "rewritten: seqs 1..={tree_size} of chain {chain_id} hash to root {} but \
+                     {checkpoint} signed root {}; history was changed, removed or replaced",
+                    &log_root[..16.min(log_root.len())],
+                    &checkpoint_root[..16.min(checkpoint_root.len())]
+                )
+            }
+            Finding::BadSignature { checkpoint, reason } => {
+                write!(f, "bad signature: {checkpoint}: {reason}")
+            }
+            Finding::UnknownKey { checkpoint, reason } => {
+                write!(f, "unknown key: {checkpoint}: {reason}")
+            }
         }
     }
 }
@@ -94,6 +136,10 @@ pub struct Report {
     pub events: u64,
     pub chains: Vec<ChainHead>,
     pub findings: Vec<Finding>,
+    /// Signed checkpoints compared with the log (see [`CheckpointVerifier`]).
+    pub checkpoints: u64,
+    /// Trusted keys the checkpoints' signatures were checked against (0: not checked).
+    pub keys: u64,
 }
 
 impl Report {
@@ -241,6 +287,227 @@ pub fn verify_all<'a>(events: impl IntoIterator<Item = &'a Event>) -> Report {
     verifier.finish()
 }
 
+/// The chain that has no name of its own (the store's `DEFAULT_CHAIN`).
+const DEFAULT_CHAIN: &str = "default";
+
+/// The origin of the checkpoints of `chain_id` signed by the key named `key_name`: the key name
+/// for the default chain, `<key name>/chains/<chain>` for any other.
+pub fn checkpoint_origin(key_name: &str, chain_id: &str) -> String {
+    if chain_id == DEFAULT_CHAIN {
+        key_name.to_owned()
+    } else {
+        format!("{key_name}/chains/{chain_id}")
+    }
+}
+
+/// The chain a checkpoint origin is about (the inverse of [`checkpoint_origin`]).
+pub fn origin_chain(origin: &str) -> &str {
+    origin.rsplit_once("/chains/").map_or(DEFAULT_CHAIN, |(_, chain)| chain)
+}
+
+/// A signed checkpoint to compare with the log: from the `checkpoints` table or an anchor.
+#[derive(Debug, Clone)]
+pub struct CheckpointClaim {
+    /// How findings name it, e.g. `checkpoint 3` or `anchored checkpoint /mnt/worm/default-10.note`.
+    pub label: String,
+    /// The chain it belongs to, when known (a table row); otherwise taken from the origin.
+    pub chain_id: Option<String>,
+    pub note: String,
+}
+
+struct Expected {
+    size: u64,
+    root: Hash,
+    label: String,
+}
+
+/// Compares signed checkpoints with the log. Feed the same events as the [`Verifier`], in the
+/// same order, then [`CheckpointVerifier::finish`].
+///
+/// Leaf `i` of a chain's tree is its `i + 1`-th distinct seq as stored (a repeated seq is skipped),
+/// with the stored hash as leaf bytes: then deleted rows at the end show as `truncated`, and any
+/// other change to the first `tree_size` rows — even with every hash and link recomputed — as
+/// `rewritten`. With `keys`, each note's signature must verify with a trusted key whose origin
+/// it names; without, notes are only parsed (the summary says so).
+pub struct CheckpointVerifier {
+    keys: Vec<VerifyingKey>,
+    expected: BTreeMap<String, Vec<Expected>>,
+    findings: Vec<Finding>,
+    checked: u64,
+    current: Option<TreeState>,
+}
+
+struct TreeState {
+    chain_id: String,
+    tree: CompactTree,
+    last_seq: i64,
+    expected: Vec<Expected>,
+    next: usize,
+}
+
+impl CheckpointVerifier {
+    pub fn new(claims: impl IntoIterator<Item = CheckpointClaim>, keys: Vec<VerifyingKey>) -> Self {
+        let mut verifier = CheckpointVerifier {
+            keys,
+            expected: BTreeMap::new(),
+            findings: Vec::new(),
+            checked: 0,
+            current: None,
+        };
+        for claim in claims {
+            verifier.checked += 1;
+            match verifier.open(&claim) {
+                Ok((chain_id, expected)) => {
+                    verifier.expected.entry(chain_id).or_default().push(expected)
+                }
+                Err(finding) => verifier.findings.push(finding),
+            }
+        }
+        for list in verifier.expected.values_mut() {
+            list.sort_by_key(|e| e.size);
+        }
+        verifier
+    }
+
+    /// Checks a claim's signature (when there are keys) and returns its chain and tree head.
+    fn open(&self, claim: &CheckpointClaim) -> Result<(String, Expected), Finding> {
+        let label = claim.label.clone();
+        let bad = |reason: String| Finding::BadSignature { checkpoint: label.clone(), reason };
+        let (origin, size, root) =
+            unsigned_body(&claim.note).ok_or_else(|| bad("the note is malformed".into()))?;
+        let chain_id = claim.chain_id.clone().unwrap_or_else(|| origin_chain(&origin).to_owned());
+        if !self.keys.is_empty() {
+            let for_origin: Vec<VerifyingKey> = self
+                .keys
+                .iter()
+                .filter(|k| checkpoint_origin(k.name(), &chain_id) == origin)
+                .cloned()
+                .collect();
+            if for_origin.is_empty() {
+                return Err(Finding::UnknownKey {
+                    checkpoint: label,
+                    reason: format!(
+                        "no trusted key signs origin {origin:?} (chain {chain_id}); trusted: {}",
+                        self.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            match checkpoint::verify(&claim.note, &for_origin) {
+                Ok(_) => {}
+                Err(CheckpointError::UnknownKey { .. }) => {
+                    return Err(Finding::UnknownKey {
+                        checkpoint: label,
+                        reason: CheckpointError::UnknownKey { signers: signers(&claim.note) }
+                            .to_string(),
+                    });
+                }
+                Err(error) => return Err(bad(error.to_string())),
+            }
+        }
+        Ok((chain_id, Expected { size, root, label }))
+    }
+
+    pub fn push(&mut self, event: &Event) {
+        if self.current.as_ref().is_none_or(|c| c.chain_id != event.chain_id) {
+            self.close_chain();
+            self.current = Some(TreeState {
+                chain_id: event.chain_id.clone(),
+                tree: CompactTree::new(),
+                last_seq: 0,
+                expected: self.expected.remove(&event.chain_id).unwrap_or_default(),
+                next: 0,
+            });
+        }
+        let state = self.current.as_mut().expect("set above");
+        if event.seq <= state.last_seq || state.next == state.expected.len() {
+            return;
+        }
+        state.last_seq = event.seq;
+        let leaf =
+            event_leaf_hash(&event.hash).unwrap_or_else(|_| leaf_hash(event.hash.as_bytes()));
+        state.tree.push(leaf);
+        let size = state.tree.size();
+        while let Some(expected) = state.expected.get(state.next).filter(|e| e.size <= size) {
+            let root = state.tree.root();
+            if expected.size == size && expected.root != root {
+                self.findings.push(Finding::Rewritten {
+                    chain_id: state.chain_id.clone(),
+                    checkpoint: expected.label.clone(),
+                    tree_size: expected.size,
+                    checkpoint_root: hex::encode(expected.root),
+                    log_root: hex::encode(root),
+                });
+            } else if expected.size == 0 && expected.root != EMPTY_ROOT {
+                self.findings.push(Finding::BadSignature {
+                    checkpoint: expected.label.clone(),
+                    reason: "an empty tree with a non-empty root".into(),
+                });
+            }
+            state.next += 1;
+        }
+    }
+
+    fn close_chain(&mut self) {
+        if let Some(state) = self.current.take() {
+            self.truncated(&state.chain_id, &state.expected[state.next..], state.tree.size());
+        }
+    }
+
+    fn truncated(&mut self, chain_id: &str, expected: &[Expected], log_size: u64) {
+        for e in expected.iter().filter(|e| e.size > log_size) {
+            self.findings.push(Finding::Truncated {
+                chain_id: chain_id.to_owned(),
+                checkpoint: e.label.clone(),
+                tree_size: e.size,
+                log_size,
+            });
+        }
+    }
+
+    /// The findings, and how many checkpoints and keys were checked.
+    pub fn finish(mut self) -> (Vec<Finding>, u64, u64) {
+        self.close_chain();
+        // Chains that have checkpoints but no events at all.
+        for (chain_id, expected) in std::mem::take(&mut self.expected) {
+            self.truncated(&chain_id, &expected, 0);
+        }
+        (self.findings, self.checked, self.keys.len() as u64)
+    }
+
+    /// Adds the findings and counts to a [`Verifier`]'s report.
+    pub fn finish_into(self, report: &mut Report) {
+        let (findings, checkpoints, keys) = self.finish();
+        report.findings.extend(findings);
+        report.checkpoints = checkpoints;
+        report.keys = keys;
+    }
+}
+
+/// The origin, size and root of a note's checkpoint text, without checking any signature.
+pub fn unsigned_body(note: &str) -> Option<(String, u64, Hash)> {
+    let text = &note[..=note.rfind("\n\n")?];
+    let mut lines = text.lines();
+    let (origin, size, root) = (lines.next()?, lines.next()?, lines.next()?);
+    let size = size.parse().ok()?;
+    let root = base64::engine::general_purpose::STANDARD.decode(root).ok()?.try_into().ok()?;
+    let checkpoint = Checkpoint::new(origin, size, root).ok()?;
+    Some((checkpoint.origin().to_owned(), checkpoint.size(), *checkpoint.root()))
+}
+
+/// The `name+keyid` of every signature line of a note, as far as they can be read.
+fn signers(note: &str) -> Vec<String> {
+    let Some(split) = note.rfind("\n\n") else { return Vec::new() };
+    note[split + 2..]
+        .lines()
+        .filter_map(|line| {
+            let (name, blob) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
+            let blob = base64::engine::general_purpose::STANDARD.decode(blob).ok()?;
+            let id: [u8; 4] = blob.get(..4)?.try_into().ok()?;
+            Some(format!("{name}+{}", hex::encode(id)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +538,7 @@ mod tests {
                     | Finding::Inserted { seq, .. }
                     | Finding::BrokenLink { seq, .. } => *seq,
                     Finding::Missing { from_seq, .. } => *from_seq,
+                    _ => 0,
                 };
                 (f.kind(), seq)
             })

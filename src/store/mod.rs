@@ -118,6 +118,71 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes the connections, waiting for those in use.
     async fn close(&self);
+
+    /// The events of `chain_id` with `from_seq <= seq <= to_seq`, in seq order (primary key).
+    async fn events_range(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The `(seq, hash)` of the events of `chain_id` with `from_seq <= seq <= to_seq`, in seq
+    /// order: the leaves of the chain's Merkle tree, for proofs.
+    async fn event_hashes(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// The event with this `event_id`, if there is one.
+    async fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError>;
+
+    /// The highest seq of `chain_id` (0 when it is empty).
+    async fn chain_size(&self, chain_id: &str) -> Result<i64, StoreError>;
+
+    /// Stores `checkpoint` if it is larger than every checkpoint of its chain, atomically across
+    /// processes; returns the stored row, or `None` when another process already checkpointed
+    /// this size or a larger one.
+    async fn append_checkpoint(
+        &self,
+        checkpoint: &NewCheckpoint,
+    ) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// The largest checkpoint of `chain_id`.
+    async fn latest_checkpoint(
+        &self,
+        chain_id: &str,
+    ) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// Every stored checkpoint, ordered by `(chain_id, tree_size, id)`.
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+}
+
+/// A checkpoint about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCheckpoint {
+    pub chain_id: String,
+    pub tree_size: i64,
+    /// Lower-case hex of the Merkle root.
+    pub root_hash: String,
+    /// The signed C2SP note.
+    pub note: String,
+    /// The serialised `CompactTree` at `tree_size`.
+    pub tree_state: serde_json::Value,
+}
+
+/// One row of the `checkpoints` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredCheckpoint {
+    pub id: i64,
+    pub chain_id: String,
+    pub tree_size: i64,
+    pub root_hash: String,
+    pub note: String,
+    pub tree_state: serde_json::Value,
+    pub created_at: String,
 }
 
 /// Wakes a waiter when approval events may have been appended: on Postgres through

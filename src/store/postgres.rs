@@ -21,7 +21,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
-use super::{ProvenanceRow, Store, StoreError, StoreOptions, seal_after};
+use super::{
+    NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
+};
 use crate::record::{Draft, Event, Payload};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -367,6 +369,145 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn events_range(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
+             data, prev_hash, hash FROM mcp_ledger.events \
+             WHERE chain_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq, event_id",
+        )
+        .bind(chain_id)
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn event_hashes(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, hash FROM mcp_ledger.events \
+             WHERE chain_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq, event_id",
+        )
+        .bind(chain_id)
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
+             data, prev_hash, hash FROM mcp_ledger.events WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(event_from_row)
+        .transpose()
+    }
+
+    async fn chain_size(&self, chain_id: &str) -> Result<i64, StoreError> {
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM mcp_ledger.events WHERE chain_id = $1")
+                .bind(chain_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(size.unwrap_or(0))
+    }
+
+    async fn append_checkpoint(
+        &self,
+        checkpoint: &NewCheckpoint,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        // Under a per-chain advisory lock (not the append lock: checkpoints never hold up
+        // events), "larger than the latest" is decided atomically across processes.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(checkpoint_lock_key(&checkpoint.chain_id))
+            .execute(&mut *tx)
+            .await?;
+        let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
+        let row = sqlx::query(
+            "INSERT INTO mcp_ledger.checkpoints \
+             (chain_id, tree_size, root_hash, note, tree_state, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS \
+             (SELECT 1 FROM mcp_ledger.checkpoints WHERE chain_id = $1 AND tree_size >= $2) \
+             RETURNING id, chain_id, tree_size, root_hash, note, tree_state, created_at",
+        )
+        .bind(&checkpoint.chain_id)
+        .bind(checkpoint.tree_size)
+        .bind(&checkpoint.root_hash)
+        .bind(&checkpoint.note)
+        .bind(Json(&checkpoint.tree_state))
+        .bind(&created_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let stored = row.as_ref().map(checkpoint_from_row).transpose()?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn latest_checkpoint(
+        &self,
+        chain_id: &str,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT id, chain_id, tree_size, root_hash, note, tree_state, created_at \
+             FROM mcp_ledger.checkpoints WHERE chain_id = $1 \
+             ORDER BY tree_size DESC, id DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(checkpoint_from_row)
+        .transpose()
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT id, chain_id, tree_size, root_hash, note, tree_state, created_at \
+             FROM mcp_ledger.checkpoints ORDER BY chain_id, tree_size, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(checkpoint_from_row)
+        .collect()
+    }
+}
+
+/// The advisory-lock key under which checkpoints of a chain are stored.
+fn checkpoint_lock_key(chain_id: &str) -> i64 {
+    chain_lock_key(&format!("checkpoints/{chain_id}"))
+}
+
+fn checkpoint_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredCheckpoint, StoreError> {
+    let Json(tree_state) = row.try_get::<Json<serde_json::Value>, _>("tree_state")?;
+    Ok(StoredCheckpoint {
+        id: row.try_get("id")?,
+        chain_id: row.try_get("chain_id")?,
+        tree_size: row.try_get("tree_size")?,
+        root_hash: row.try_get("root_hash")?,
+        note: row.try_get("note")?,
+        tree_state,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 /// Approval notifications. The trigger `events_notify_approval` (migration 0002) issues

@@ -13,7 +13,10 @@ use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
-use super::{ProvenanceRow, Store, StoreError, StoreOptions, ensure_parent_dir, seal_after};
+use super::{
+    NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
+    ensure_parent_dir, seal_after,
+};
 use crate::record::{Draft, Event};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
@@ -227,6 +230,139 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn events_range(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events WHERE chain_id = ? AND seq BETWEEN ? AND ? \
+             ORDER BY seq, event_id",
+        )
+        .bind(chain_id)
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn event_hashes(
+        &self,
+        chain_id: &str,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, hash FROM events WHERE chain_id = ? AND seq BETWEEN ? AND ? \
+             ORDER BY seq, event_id",
+        )
+        .bind(chain_id)
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
+        sqlx::query(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events WHERE event_id = ?",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(event_from_row)
+        .transpose()
+    }
+
+    async fn chain_size(&self, chain_id: &str) -> Result<i64, StoreError> {
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE chain_id = ?")
+                .bind(chain_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(size.unwrap_or(0))
+    }
+
+    async fn append_checkpoint(
+        &self,
+        checkpoint: &NewCheckpoint,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        // BEGIN IMMEDIATE takes the write lock first, so "larger than the latest" is decided
+        // atomically across processes.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
+        let row = sqlx::query(
+            "INSERT INTO checkpoints (chain_id, tree_size, root_hash, note, tree_state, created_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS \
+             (SELECT 1 FROM checkpoints WHERE chain_id = ?1 AND tree_size >= ?2) \
+             RETURNING id, chain_id, tree_size, root_hash, note, tree_state, created_at",
+        )
+        .bind(&checkpoint.chain_id)
+        .bind(checkpoint.tree_size)
+        .bind(&checkpoint.root_hash)
+        .bind(&checkpoint.note)
+        .bind(checkpoint.tree_state.to_string())
+        .bind(&created_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let stored = row.as_ref().map(checkpoint_from_row).transpose()?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn latest_checkpoint(
+        &self,
+        chain_id: &str,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT id, chain_id, tree_size, root_hash, note, tree_state, created_at \
+             FROM checkpoints WHERE chain_id = ? ORDER BY tree_size DESC, id DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(checkpoint_from_row)
+        .transpose()
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT id, chain_id, tree_size, root_hash, note, tree_state, created_at \
+             FROM checkpoints ORDER BY chain_id, tree_size, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(checkpoint_from_row)
+        .collect()
+    }
+}
+
+fn checkpoint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredCheckpoint, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let tree_state: String = row.try_get("tree_state")?;
+    let tree_state = serde_json::from_str(&tree_state).map_err(|e| StoreError::Corrupt {
+        event_id: format!("checkpoint {id}"),
+        reason: e.to_string(),
+    })?;
+    Ok(StoredCheckpoint {
+        id,
+        chain_id: row.try_get("chain_id")?,
+        tree_size: row.try_get("tree_size")?,
+        root_hash: row.try_get("root_hash")?,
+        note: row.try_get("note")?,
+        tree_state,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 impl SqliteStore {
