@@ -10,3 +10,10 @@ pub mod relay;
 pub mod shared_upstream;
 pub mod stdio;
 pub mod upstream;
+
+/// Whether a host name (without port or brackets) names this machine: `localhost` or a loopback
+/// address.
+pub(crate) fn is_loopback_host(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

@@ -5,6 +5,8 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
 use sha2::{Digest, Sha256};
 
+use crate::proxy::is_loopback_host;
+
 /// The agents allowed to connect, by the SHA-256 of their token (the config never holds tokens).
 #[derive(Debug, Clone, Default)]
 pub struct AgentTokens {
@@ -118,11 +120,6 @@ fn host_name(host: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-}
-
-fn is_loopback_host(name: &str) -> bool {
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -183,9 +183,7 @@ pub(super) fn error_chain(error: &reqwest::Error) -> String {
 
 fn is_loopback(url: &Url) -> bool {
     let host = url.host_str().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    crate::proxy::is_loopback_host(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// Everything one upstream connection shares between its tasks.
