@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::{CliError, exit};
 use crate::record::checkpoint::VerifyingKey;
-use crate::record::verify::{CheckpointClaim, CheckpointVerifier, Report, Verifier};
+use crate::record::verify::{ChainStart, CheckpointClaim, CheckpointVerifier, Report, Verifier};
 use crate::store::{self, LedgerUrl, ProvenanceRow, Store, StoreOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -61,6 +61,9 @@ pub struct VerifyArgs {
     /// Also check the checkpoints held in this anchor (a directory of .note files or a file of notes)
     #[arg(long, value_name = "PATH")]
     anchor: Option<std::path::PathBuf>,
+    /// Check an evidence bundle written by `export --bundle` instead of a ledger (no database)
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<std::path::PathBuf>,
 }
 
 /// Reads `--key` values: each a vkey, or the path of a file holding one.
@@ -113,8 +116,17 @@ pub async fn verify_store_with(
             note: n.note,
         }));
     }
-    let mut checkpoints = CheckpointVerifier::new(claims, keys);
-    let mut verifier = Verifier::new();
+    // Where chains may legitimately start after retention, read before streaming (the
+    // `retention_cut` events come later in their chains than the cut they record).
+    let starts: Vec<ChainStart> = store
+        .retention_cuts(None)
+        .await
+        .context("cannot read the retention cuts")?
+        .iter()
+        .filter_map(ChainStart::from_cut_event)
+        .collect();
+    let mut checkpoints = CheckpointVerifier::new(claims, keys).with_starts(starts.clone());
+    let mut verifier = Verifier::with_starts(starts);
     let mut events = store.events();
     while let Some(event) = events.next().await {
         let event = event.context("cannot read the ledger")?;
@@ -138,6 +150,9 @@ pub async fn verify_store(store: &dyn Store) -> Result<Report, anyhow::Error> {
 
 pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
     let keys = read_keys(&args.keys)?;
+    if let Some(dir) = &args.bundle {
+        return super::bundle_verify::verify_bundle(dir, keys, args.json);
+    }
     let store = args.ledger.open_existing(CliError::CouldNotCheck).await?;
     let report = verify_store_with(store.as_ref(), keys, args.anchor.as_deref())
         .await
@@ -166,6 +181,9 @@ pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
 }
 
 pub fn print_report(report: &Report) {
+    for cut in &report.retention_cuts {
+        println!("{cut}");
+    }
     for finding in &report.findings {
         println!("{finding}");
     }

@@ -4,15 +4,19 @@
 mod agents;
 mod approvals;
 mod bench;
+mod bundle_verify;
 mod checkpoints;
 mod configured;
+mod correct;
 mod demo;
+mod export;
 mod keygen;
 mod ledger;
 mod operators;
 mod policy;
 mod policy_test;
 mod proofs;
+mod retention;
 mod serve;
 mod stdio;
 
@@ -69,6 +73,12 @@ enum Command {
     Prove(proofs::ProveArgs),
     /// Print and check a proof that one checkpoint's log is a prefix of another's
     Consistency(proofs::ConsistencyArgs),
+    /// Append a `correction` event referencing an earlier event (nothing is changed in place)
+    Correct(correct::CorrectArgs),
+    /// Write an evidence bundle (events, checkpoint, inclusion proofs, key) that `verify --bundle` checks offline
+    Export(export::ExportArgs),
+    /// Remove whole old ranges of the ledger after a signed `retention_cut` (`retention apply`)
+    Retention(retention::RetentionArgs),
     /// Create or update the ledger schema (and, in Postgres, the writer and auditor roles)
     Migrate(LedgerArgs),
     /// Run the built-in demo: an agent, the proxy and a customer-operations server, end to end
@@ -99,6 +109,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Checkpoint(args) => checkpoints::run(args).await,
         Command::Prove(args) => proofs::prove(args).await,
         Command::Consistency(args) => proofs::consistency(args).await,
+        Command::Correct(args) => correct::run(args).await,
+        Command::Export(args) => export::run(args).await,
+        Command::Retention(args) => retention::run(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

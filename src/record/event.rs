@@ -25,6 +25,10 @@ pub enum EventType {
     ApprovalRequested,
     ApprovalDecision,
     ApprovalNotice,
+    /// A correction of an earlier event, which stays unchanged (`data.corrects` is its id).
+    Correction,
+    /// Records that the events up to `data.up_to_seq` are about to be removed by retention.
+    RetentionCut,
 }
 
 impl EventType {
@@ -40,6 +44,8 @@ impl EventType {
             EventType::ApprovalRequested => "approval_requested",
             EventType::ApprovalDecision => "approval_decision",
             EventType::ApprovalNotice => "approval_notice",
+            EventType::Correction => "correction",
+            EventType::RetentionCut => "retention_cut",
         }
     }
 }

@@ -140,6 +140,65 @@ pub struct Report {
     pub checkpoints: u64,
     /// Trusted keys the checkpoints' signatures were checked against (0: not checked).
     pub keys: u64,
+    /// Legitimate retention cuts: chains that start after a recorded `retention_cut` (not
+    /// findings; see [`Verifier::with_starts`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retention_cuts: Vec<ChainStart>,
+}
+
+/// Where a chain legitimately starts after a retention cut: its first remaining event must have
+/// `seq` and link to `prev_hash` (the hash of the last removed event), both recorded by a
+/// `retention_cut` event further on in the same chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainStart {
+    pub chain_id: String,
+    /// The seq of the first remaining event (`up_to_seq + 1`).
+    pub seq: i64,
+    /// The hash of the event at `up_to_seq`.
+    pub prev_hash: String,
+    /// The `retention_cut` event that records the cut.
+    pub cut_event_id: String,
+    /// The Merkle tree of the chain at `up_to_seq`, when the cut recorded it: lets the
+    /// [`CheckpointVerifier`] keep checking the checkpoints after the cut.
+    #[serde(skip)]
+    pub tree: Option<CompactTree>,
+}
+
+impl ChainStart {
+    /// The start a `retention_cut` event records, if it is one and is well formed.
+    pub fn from_cut_event(event: &Event) -> Option<ChainStart> {
+        if event.event_type != "retention_cut" {
+            return None;
+        }
+        let up_to_seq = event.data.get("up_to_seq")?.as_i64()?;
+        let prev_hash = event.data.get("up_to_hash")?.as_str()?.to_owned();
+        let tree = event
+            .data
+            .get("tree_state")
+            .and_then(|t| serde_json::from_value::<CompactTree>(t.clone()).ok())
+            .filter(|t| t.size() == up_to_seq as u64);
+        Some(ChainStart {
+            chain_id: event.chain_id.clone(),
+            seq: up_to_seq + 1,
+            prev_hash,
+            cut_event_id: event.event_id.clone(),
+            tree,
+        })
+    }
+}
+
+impl std::fmt::Display for ChainStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "retention: chain {} starts at seq {} after a recorded cut (retention_cut {}); \
+             seq 1..={} removed by retention, not tampering",
+            self.chain_id,
+            self.seq,
+            self.cut_event_id,
+            self.seq - 1
+        )
+    }
 }
 
 impl Report {
@@ -166,6 +225,8 @@ struct ChainState {
 pub struct Verifier {
     current: Option<ChainState>,
     report: Report,
+    /// Candidate legitimate starts per chain (after retention cuts).
+    starts: BTreeMap<String, Vec<ChainStart>>,
 }
 
 impl Verifier {
@@ -173,17 +234,42 @@ impl Verifier {
         Self::default()
     }
 
+    /// A verifier that accepts a chain starting after a recorded retention cut: when a chain's
+    /// first event has the `seq` and `prev_hash` of one of `starts`, the removed range is
+    /// reported in [`Report::retention_cuts`] instead of as `missing`. Any other gap, or a first
+    /// event that does not match, is reported exactly as by [`Verifier::new`].
+    pub fn with_starts(starts: impl IntoIterator<Item = ChainStart>) -> Self {
+        let mut verifier = Self::default();
+        for start in starts {
+            verifier.starts.entry(start.chain_id.clone()).or_default().push(start);
+        }
+        verifier
+    }
+
     pub fn push(&mut self, event: &Event) {
         self.report.events += 1;
         if self.current.as_ref().is_none_or(|c| c.chain_id != event.chain_id) {
             self.close_chain();
-            self.current = Some(ChainState {
+            let mut state = ChainState {
                 chain_id: event.chain_id.clone(),
                 expected_seq: 1,
                 last_hash: GENESIS_PREV_HASH.to_owned(),
                 last_flagged: false,
                 recent_hashes: VecDeque::new(),
-            });
+            };
+            if event.seq > 1
+                && let Some(start) = self.starts.get(&event.chain_id).and_then(|starts| {
+                    starts
+                        .iter()
+                        .rev()
+                        .find(|s| s.seq == event.seq && s.prev_hash == event.prev_hash)
+                })
+            {
+                state.expected_seq = start.seq;
+                state.last_hash.clone_from(&start.prev_hash);
+                self.report.retention_cuts.push(start.clone());
+            }
+            self.current = Some(state);
         }
         let chain = self.current.as_mut().expect("set above");
         let findings = &mut self.report.findings;
@@ -335,6 +421,8 @@ pub struct CheckpointVerifier {
     findings: Vec<Finding>,
     checked: u64,
     current: Option<TreeState>,
+    /// Retention cuts whose recorded tree the chain's tree resumes from (see `with_starts`).
+    starts: BTreeMap<String, Vec<ChainStart>>,
 }
 
 struct TreeState {
@@ -353,6 +441,7 @@ impl CheckpointVerifier {
             findings: Vec::new(),
             checked: 0,
             current: None,
+            starts: BTreeMap::new(),
         };
         for claim in claims {
             verifier.checked += 1;
@@ -367,6 +456,17 @@ impl CheckpointVerifier {
             list.sort_by_key(|e| e.size);
         }
         verifier
+    }
+
+    /// Also accepts chains that start after a recorded retention cut: when a chain's first event
+    /// matches one of `starts` that recorded the tree at the cut, the tree resumes from it;
+    /// checkpoints older than the cut can no longer be compared and are skipped (one of exactly
+    /// the cut's size must still have the cut's root).
+    pub fn with_starts(mut self, starts: impl IntoIterator<Item = ChainStart>) -> Self {
+        for start in starts.into_iter().filter(|s| s.tree.is_some()) {
+            self.starts.entry(start.chain_id.clone()).or_default().push(start);
+        }
+        self
     }
 
     /// Checks a claim's signature (when there are keys) and returns its chain and tree head.
@@ -417,6 +517,7 @@ impl CheckpointVerifier {
                 expected: self.expected.remove(&event.chain_id).unwrap_or_default(),
                 next: 0,
             });
+            self.resume_after_cut(event);
         }
         let state = self.current.as_mut().expect("set above");
         if event.seq <= state.last_seq || state.next == state.expected.len() {
@@ -445,6 +546,32 @@ impl CheckpointVerifier {
             }
             state.next += 1;
         }
+    }
+
+    /// Starts the current chain's tree from a retention cut that `first` (its first event) follows.
+    fn resume_after_cut(&mut self, first: &Event) {
+        let Some(state) = self.current.as_mut() else { return };
+        let Some(start) = self.starts.get(&first.chain_id).and_then(|starts| {
+            starts.iter().rev().find(|s| s.seq == first.seq && s.prev_hash == first.prev_hash)
+        }) else {
+            return;
+        };
+        let Some(tree) = start.tree.clone() else { return };
+        let cut_size = tree.size();
+        while let Some(expected) = state.expected.get(state.next).filter(|e| e.size <= cut_size) {
+            if expected.size == cut_size && expected.root != tree.root() {
+                self.findings.push(Finding::Rewritten {
+                    chain_id: state.chain_id.clone(),
+                    checkpoint: expected.label.clone(),
+                    tree_size: expected.size,
+                    checkpoint_root: hex::encode(expected.root),
+                    log_root: hex::encode(tree.root()),
+                });
+            }
+            state.next += 1;
+        }
+        state.tree = tree;
+        state.last_seq = first.seq - 1;
     }
 
     fn close_chain(&mut self) {
@@ -609,5 +736,51 @@ mod tests {
         let events = chain(3);
         let report = verify_all(&events[1..]);
         assert_eq!(kinds(&report), [("missing", 1)]);
+    }
+
+    fn start_after(events: &[Event], up_to_seq: i64, cut_event_id: &str) -> ChainStart {
+        ChainStart {
+            chain_id: "default".into(),
+            seq: up_to_seq + 1,
+            prev_hash: events[up_to_seq as usize - 1].hash.clone(),
+            cut_event_id: cut_event_id.into(),
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn a_recorded_retention_cut_is_not_missing() {
+        let events = chain(6);
+        let mut verifier = Verifier::with_starts([start_after(&events, 3, "cut")]);
+        for event in &events[3..] {
+            verifier.push(event);
+        }
+        let report = verifier.finish();
+        assert!(report.intact(), "{:?}", report.findings);
+        assert_eq!(report.retention_cuts.len(), 1);
+        assert_eq!(report.retention_cuts[0].seq, 4);
+        assert_eq!(report.chains[0].seq, 6);
+    }
+
+    #[test]
+    fn a_cut_that_does_not_match_the_first_event_is_still_missing() {
+        let events = chain(6);
+        // The cut says seq 1..=2 were removed, but 1..=3 are gone.
+        let mut verifier = Verifier::with_starts([start_after(&events, 2, "cut")]);
+        for event in &events[3..] {
+            verifier.push(event);
+        }
+        let report = verifier.finish();
+        assert_eq!(kinds(&report), [("missing", 1)]);
+        assert!(report.retention_cuts.is_empty());
+
+        // A gap after a legitimate start is missing too.
+        let mut verifier = Verifier::with_starts([start_after(&events, 2, "cut")]);
+        for event in events[2..].iter().filter(|e| e.seq != 5) {
+            verifier.push(event);
+        }
+        let report = verifier.finish();
+        assert_eq!(kinds(&report), [("missing", 5)]);
+        assert_eq!(report.retention_cuts.len(), 1);
     }
 }

@@ -158,6 +158,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored checkpoint, ordered by `(chain_id, tree_size, id)`.
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+
+    /// The `retention_cut` events of `chain_id` (of every chain with `None`), in chain order:
+    /// read before streaming the chain, so that the verifier knows where it may legitimately
+    /// start.
+    async fn retention_cuts(&self, chain_id: Option<&str>) -> Result<Vec<Event>, StoreError> {
+        let cuts = self.events_of_type("retention_cut").await?;
+        Ok(cuts.into_iter().filter(|e| chain_id.is_none_or(|c| e.chain_id == c)).collect())
+    }
+
+    /// Retention, the one privileged removal: in one transaction, records the cut (which must
+    /// name `cut_event_id`, a later `retention_cut` event of the chain), removes the events of
+    /// `chain_id` with `seq <= up_to_seq`, and removes the payload bodies stored no later than
+    /// `payloads_until` that no remaining event references. The database refuses any other
+    /// removal; in Postgres only the owner can do this (the writer role has no DELETE).
+    async fn apply_retention(
+        &self,
+        chain_id: &str,
+        up_to_seq: i64,
+        cut_event_id: &str,
+        payloads_until: &str,
+    ) -> Result<RetentionRemoved, StoreError>;
+}
+
+/// What [`Store::apply_retention`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct RetentionRemoved {
+    pub events: u64,
+    pub payloads: u64,
 }
 
 /// A checkpoint about to be stored.

@@ -490,6 +490,45 @@ impl Store for PostgresStore {
         .map(checkpoint_from_row)
         .collect()
     }
+
+    async fn apply_retention(
+        &self,
+        chain_id: &str,
+        up_to_seq: i64,
+        cut_event_id: &str,
+        payloads_until: &str,
+    ) -> Result<super::RetentionRemoved, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL mcp_ledger.retention = 'on'").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO mcp_ledger.retention_cuts (chain_id, up_to_seq, cut_event_id) \
+             VALUES ($1, $2, $3) ON CONFLICT (chain_id, up_to_seq) DO NOTHING",
+        )
+        .bind(chain_id)
+        .bind(up_to_seq)
+        .bind(cut_event_id)
+        .execute(&mut *tx)
+        .await?;
+        let events = sqlx::query("DELETE FROM mcp_ledger.events WHERE chain_id = $1 AND seq <= $2")
+            .bind(chain_id)
+            .bind(up_to_seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let payloads = sqlx::query(
+            "DELETE FROM mcp_ledger.payloads p WHERE p.created_at <= $1::timestamptz \
+             AND NOT EXISTS (SELECT 1 FROM mcp_ledger.events e \
+              WHERE e.data ->> 'input_ref' = p.reference \
+                 OR e.data ->> 'output_ref' = p.reference \
+                 OR e.data ->> 'arguments_ref' = p.reference)",
+        )
+        .bind(payloads_until)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(super::RetentionRemoved { events, payloads })
+    }
 }
 
 /// The advisory-lock key under which checkpoints of a chain are stored.

@@ -345,6 +345,50 @@ impl Store for SqliteStore {
         .map(checkpoint_from_row)
         .collect()
     }
+
+    async fn apply_retention(
+        &self,
+        chain_id: &str,
+        up_to_seq: i64,
+        cut_event_id: &str,
+        payloads_until: &str,
+    ) -> Result<super::RetentionRemoved, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
+        sqlx::query(
+            "INSERT INTO retention_cuts (chain_id, up_to_seq, cut_event_id, created_at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM events WHERE event_id = ?3 \
+              AND chain_id = ?1 AND event_type = 'retention_cut' AND seq > ?2) \
+             ON CONFLICT (chain_id, up_to_seq) DO NOTHING",
+        )
+        .bind(chain_id)
+        .bind(up_to_seq)
+        .bind(cut_event_id)
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
+        let events = sqlx::query("DELETE FROM events WHERE chain_id = ? AND seq <= ?")
+            .bind(chain_id)
+            .bind(up_to_seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let payloads = sqlx::query(
+            "DELETE FROM payloads WHERE created_at <= ? AND reference NOT IN ( \
+             SELECT json_extract(data, '$.input_ref') FROM events \
+              WHERE json_extract(data, '$.input_ref') IS NOT NULL \
+             UNION SELECT json_extract(data, '$.output_ref') FROM events \
+              WHERE json_extract(data, '$.output_ref') IS NOT NULL \
+             UNION SELECT json_extract(data, '$.arguments_ref') FROM events \
+              WHERE json_extract(data, '$.arguments_ref') IS NOT NULL)",
+        )
+        .bind(payloads_until)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(super::RetentionRemoved { events, payloads })
+    }
 }
 
 fn checkpoint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredCheckpoint, StoreError> {
