@@ -47,17 +47,44 @@ pub async fn run(args: AgentsArgs) -> Result<u8, CliError> {
 }
 
 fn add(args: AddArgs) -> Result<u8, CliError> {
-    let name = args.name;
-    if !config::is_valid_name(&name) {
+    let agent = Holder {
+        noun: "agent",
+        table: "agents",
+        taken: |config, name| config.agents.iter().any(|agent| agent.name == name),
+        next_steps: &[],
+    };
+    issue(&agent, &args.name, args.config.as_deref(), args.json)
+}
+
+/// Who a bearer token is for: an `[[agents]]` or an `[[operators]]` entry.
+pub(super) struct Holder {
+    pub noun: &'static str,
+    pub table: &'static str,
+    /// Whether the configuration already has an entry of that name.
+    pub taken: fn(&Config, &str) -> bool,
+    /// Lines printed after the entry, telling what to do with the token.
+    pub next_steps: &'static [&'static str],
+}
+
+/// Creates a token for `name` and prints it once, with the configuration entry that holds only
+/// its SHA-256. With `config`, refuses a name the file already has (the file is not changed).
+pub(super) fn issue(
+    holder: &Holder,
+    name: &str,
+    config: Option<&std::path::Path>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let noun = holder.noun;
+    if !config::is_valid_name(name) {
         return Err(CliError::Usage(anyhow!(
-            "agent name `{name}` is not url-path-safe; use letters, digits, `.`, `_` and `-`"
+            "{noun} name `{name}` is not url-path-safe; use letters, digits, `.`, `_` and `-`"
         )));
     }
-    if let Some(path) = &args.config {
+    if let Some(path) = config {
         let config = Config::load(path).map_err(|e| CliError::Usage(e.into()))?;
-        if config.agents.iter().any(|agent| agent.name == name) {
+        if (holder.taken)(&config, name) {
             return Err(CliError::Usage(anyhow!(
-                "{} already has an agent named `{name}`; choose another name, or remove that entry to replace its token",
+                "{} already has an {noun} named `{name}`; choose another name, or remove that entry to replace its token",
                 path.display()
             )));
         }
@@ -65,19 +92,30 @@ fn add(args: AddArgs) -> Result<u8, CliError> {
     let token = generate_token()
         .map_err(|e| CliError::Failed(anyhow!(e).context("cannot read the os random generator")))?;
     let hash = token_sha256(&token);
-    if args.json {
+    if json {
         let value = serde_json::json!({ "name": name, "token": token, "token_sha256": hash });
         println!("{value}");
     } else {
-        println!("Token for agent `{name}`. Store this now, it is not saved anywhere:");
+        println!("Token for {noun} `{name}`. Store this now, it is not saved anywhere:");
         println!();
         println!("    {token}");
         println!();
         println!("Add this to mcp-ledger.toml, then restart `mcp-ledger serve`:");
         println!();
-        print!("{}", agent_entry(&name, &hash));
+        print!("{}", entry(holder.table, name, &hash));
+        if !holder.next_steps.is_empty() {
+            println!();
+            for line in holder.next_steps {
+                println!("{line}");
+            }
+        }
     }
     Ok(exit::OK)
+}
+
+/// A `[[table]]` entry for the configuration. `name` is a valid name, so it needs no escaping.
+pub(super) fn entry(table: &str, name: &str, token_sha256: &str) -> String {
+    format!("[[{table}]]\nname = \"{name}\"\ntoken_sha256 = \"{token_sha256}\"\n")
 }
 
 /// A fresh token: [`TOKEN_PREFIX`] and 32 bytes from the operating system's generator, in hex.
@@ -87,9 +125,9 @@ pub fn generate_token() -> Result<String, rand::rand_core::OsError> {
     Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
 }
 
-/// The `[[agents]]` table for the configuration. `name` is a valid name, so it needs no escaping.
+#[cfg(test)]
 fn agent_entry(name: &str, token_sha256: &str) -> String {
-    format!("[[agents]]\nname = \"{name}\"\ntoken_sha256 = \"{token_sha256}\"\n")
+    entry("agents", name, token_sha256)
 }
 
 #[cfg(test)]

@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
-use super::agents::generate_token;
-use super::{CliError, exit};
-use crate::config::{self, Config, token_sha256};
+use super::CliError;
+use super::agents::{Holder, issue};
 
 #[derive(Debug, Args)]
 pub struct OperatorsArgs {
@@ -43,45 +41,21 @@ pub async fn run(args: OperatorsArgs) -> Result<u8, CliError> {
 }
 
 fn add(args: AddArgs) -> Result<u8, CliError> {
-    let name = args.name;
-    if !config::is_valid_name(&name) {
-        return Err(CliError::Usage(anyhow!(
-            "operator name `{name}` is not url-path-safe; use letters, digits, `.`, `_` and `-`"
-        )));
-    }
-    if let Some(path) = &args.config {
-        let config = Config::load(path).map_err(|e| CliError::Usage(e.into()))?;
-        if config.operators.iter().any(|operator| operator.name == name) {
-            return Err(CliError::Usage(anyhow!(
-                "{} already has an operator named `{name}`; choose another name, or remove that entry to replace its token",
-                path.display()
-            )));
-        }
-    }
-    let token = generate_token()
-        .map_err(|e| CliError::Failed(anyhow!(e).context("cannot read the os random generator")))?;
-    let hash = token_sha256(&token);
-    if args.json {
-        let value = serde_json::json!({ "name": name, "token": token, "token_sha256": hash });
-        println!("{value}");
-    } else {
-        println!("Token for operator `{name}`. Store this now, it is not saved anywhere:");
-        println!();
-        println!("    {token}");
-        println!();
-        println!("Add this to mcp-ledger.toml, then restart `mcp-ledger serve`:");
-        println!();
-        print!("{}", operator_entry(&name, &hash));
-        println!();
-        println!("Then open http://<listen addr>/console, or use /api/approvals with");
-        println!("`Authorization: Bearer <token>`.");
-    }
-    Ok(exit::OK)
+    let operator = Holder {
+        noun: "operator",
+        table: "operators",
+        taken: |config, name| config.operators.iter().any(|operator| operator.name == name),
+        next_steps: &[
+            "Then open http://<listen addr>/console, or use /api/approvals with",
+            "`Authorization: Bearer <token>`.",
+        ],
+    };
+    issue(&operator, &args.name, args.config.as_deref(), args.json)
 }
 
-/// The `[[operators]]` table for the configuration. `name` is a valid name: no escaping needed.
+#[cfg(test)]
 fn operator_entry(name: &str, token_sha256: &str) -> String {
-    format!("[[operators]]\nname = \"{name}\"\ntoken_sha256 = \"{token_sha256}\"\n")
+    super::agents::entry("operators", name, token_sha256)
 }
 
 #[cfg(test)]
@@ -89,6 +63,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::cli::agents::generate_token;
+    use crate::cli::exit;
+    use crate::config::{Config, token_sha256};
 
     fn add_args(name: &str, config: Option<&Path>) -> OperatorsArgs {
         OperatorsArgs {
