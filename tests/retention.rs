@@ -263,3 +263,49 @@ async fn postgres_writer_role_still_cannot_delete_or_record_a_cut() {
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
     }
 }
+
+/// `retention_days`: events older than the limit go, newer ones stay. The old events are sealed
+/// with old timestamps and inserted as the file's owner would restore an old ledger.
+#[tokio::test]
+async fn retention_days_cuts_what_is_older_than_the_limit() {
+    let ledger = TestLedger::sqlite();
+    let store = ledger.open().await;
+    let ten_days_ago = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    let mut prev = mcp_ledger::record::GENESIS_PREV_HASH.to_owned();
+    let mut inserts = String::new();
+    for seq in 1..=10 {
+        let draft =
+            Draft::new(EventType::ToolCall, json!({"call_id": format!("old{seq}"), "tool": "t"}));
+        let event = draft.seal(DEFAULT_CHAIN, seq, &prev, ten_days_ago).unwrap();
+        inserts.push_str(&format!(
+            "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, data, prev_hash, hash) \
+             VALUES ('{}', {}, '{}', '{}', '{}', NULL, NULL, NULL, '{}', '{}', '{}');",
+            event.chain_id, event.seq, event.event_id, event.event_type, event.timestamp, event.data, event.prev_hash, event.hash
+        ));
+        prev = event.hash.clone();
+    }
+    ledger.exec_as_owner(&inserts).await.unwrap();
+    append(&store, 5, 0).await;
+    assert_eq!(verify(&ledger, None).0, 0, "the restored ledger is intact");
+
+    let keys = keys();
+    let config = config(&ledger, &keys, "retention_days = 3");
+    let (code, stdout, stderr) = run_cli(&[
+        "retention",
+        "apply",
+        "--config",
+        &config.display().to_string(),
+        "--key",
+        &keys.private.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let outcome: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(outcome["plan"]["up_to_seq"], 10, "{outcome}");
+    let events = all_events(&store).await;
+    assert_eq!(events[0].seq, 11, "exactly the old events are gone");
+    let (code, out) = verify(&ledger, Some(&keys));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("retention: chain default starts at seq 11"), "{out}");
+    store.close().await;
+}
