@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod intercept;
+pub mod pii;
 pub mod policy;
 pub mod proxy;
 pub mod record;
