@@ -26,6 +26,18 @@ use super::{
 };
 use crate::record::{Draft, Event, Payload};
 
+/// `SELECT` of every column of `mcp_ledger.events` (in the order `event_from_row` reads them), followed by
+/// the rest of the query.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
+             data, prev_hash, hash FROM mcp_ledger.events",
+            $rest
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
 /// Postgres allows 65,535 bound parameters per statement; events have 11 columns a row.
@@ -282,13 +294,10 @@ impl Store for PostgresStore {
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
-             data, prev_hash, hash FROM mcp_ledger.events ORDER BY chain_id, seq, event_id",
-        )
-        .fetch(&self.pool)
-        .map(|row| event_from_row(&row?))
-        .boxed()
+        sqlx::query(select_events!(" ORDER BY chain_id, seq, event_id"))
+            .fetch(&self.pool)
+            .map(|row| event_from_row(&row?))
+            .boxed()
     }
 
     async fn provenance(&self, limit: i64) -> Result<Vec<ProvenanceRow>, StoreError> {
@@ -335,11 +344,10 @@ impl Store for PostgresStore {
 
     async fn events_for_call(&self, call_id: &str) -> Result<Vec<Event>, StoreError> {
         // The `?` term lets Postgres use the partial index `events_call_id`.
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
-             data, prev_hash, hash FROM mcp_ledger.events \
-             WHERE data ->> 'call_id' = $1 AND data ? 'call_id' ORDER BY chain_id, seq",
-        )
+        sqlx::query(select_events!(
+            " \
+             WHERE data ->> 'call_id' = $1 AND data ? 'call_id' ORDER BY chain_id, seq"
+        ))
         .bind(call_id)
         .fetch_all(&self.pool)
         .await?
@@ -349,11 +357,10 @@ impl Store for PostgresStore {
     }
 
     async fn events_of_type(&self, event_type: &str) -> Result<Vec<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
-             data, prev_hash, hash FROM mcp_ledger.events WHERE event_type = $1 \
-             ORDER BY chain_id, seq",
-        )
+        sqlx::query(select_events!(
+            " WHERE event_type = $1 \
+             ORDER BY chain_id, seq"
+        ))
         .bind(event_type)
         .fetch_all(&self.pool)
         .await?
@@ -376,11 +383,10 @@ impl Store for PostgresStore {
         from_seq: i64,
         to_seq: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
-             data, prev_hash, hash FROM mcp_ledger.events \
-             WHERE chain_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq, event_id",
-        )
+        sqlx::query(select_events!(
+            " \
+             WHERE chain_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq, event_id"
+        ))
         .bind(chain_id)
         .bind(from_seq)
         .bind(to_seq)
@@ -409,16 +415,13 @@ impl Store for PostgresStore {
     }
 
     async fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, \"timestamp\", session_id, agent, server, \
-             data, prev_hash, hash FROM mcp_ledger.events WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(event_from_row)
-        .transpose()
+        sqlx::query(select_events!(" WHERE event_id = $1"))
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(event_from_row)
+            .transpose()
     }
 
     async fn chain_size(&self, chain_id: &str) -> Result<i64, StoreError> {

@@ -19,6 +19,18 @@ use super::{
 };
 use crate::record::{Draft, Event};
 
+/// `SELECT` of every column of `events` (in the order `event_from_row` reads them), followed by
+/// the rest of the query.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
+             data, prev_hash, hash FROM events",
+            $rest
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 /// SQLite allows 32,766 bound parameters per statement; 11 columns a row.
@@ -130,13 +142,10 @@ impl Store for SqliteStore {
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
-             data, prev_hash, hash FROM events ORDER BY chain_id, seq, event_id",
-        )
-        .fetch(&self.pool)
-        .map(|row| event_from_row(&row?))
-        .boxed()
+        sqlx::query(select_events!(" ORDER BY chain_id, seq, event_id"))
+            .fetch(&self.pool)
+            .map(|row| event_from_row(&row?))
+            .boxed()
     }
 
     async fn provenance(&self, limit: i64) -> Result<Vec<ProvenanceRow>, StoreError> {
@@ -195,11 +204,10 @@ impl Store for SqliteStore {
 
     async fn events_for_call(&self, call_id: &str) -> Result<Vec<Event>, StoreError> {
         // The `IS NOT NULL` term lets SQLite use the partial index `events_call_id`.
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
-             data, prev_hash, hash FROM events WHERE json_extract(data, '$.call_id') = ? \
-             AND json_extract(data, '$.call_id') IS NOT NULL ORDER BY chain_id, seq",
-        )
+        sqlx::query(select_events!(
+            " WHERE json_extract(data, '$.call_id') = ? \
+             AND json_extract(data, '$.call_id') IS NOT NULL ORDER BY chain_id, seq"
+        ))
         .bind(call_id)
         .fetch_all(&self.pool)
         .await?
@@ -209,16 +217,13 @@ impl Store for SqliteStore {
     }
 
     async fn events_of_type(&self, event_type: &str) -> Result<Vec<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
-             data, prev_hash, hash FROM events WHERE event_type = ? ORDER BY chain_id, seq",
-        )
-        .bind(event_type)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(event_from_row)
-        .collect()
+        sqlx::query(select_events!(" WHERE event_type = ? ORDER BY chain_id, seq"))
+            .bind(event_type)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
     }
 
     async fn watch_approvals(&self) -> Result<Box<dyn super::ApprovalFeed>, StoreError> {
@@ -237,11 +242,10 @@ impl Store for SqliteStore {
         from_seq: i64,
         to_seq: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
-             data, prev_hash, hash FROM events WHERE chain_id = ? AND seq BETWEEN ? AND ? \
-             ORDER BY seq, event_id",
-        )
+        sqlx::query(select_events!(
+            " WHERE chain_id = ? AND seq BETWEEN ? AND ? \
+             ORDER BY seq, event_id"
+        ))
         .bind(chain_id)
         .bind(from_seq)
         .bind(to_seq)
@@ -270,16 +274,13 @@ impl Store for SqliteStore {
     }
 
     async fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
-        sqlx::query(
-            "SELECT chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, \
-             data, prev_hash, hash FROM events WHERE event_id = ?",
-        )
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(event_from_row)
-        .transpose()
+        sqlx::query(select_events!(" WHERE event_id = ?"))
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(event_from_row)
+            .transpose()
     }
 
     async fn chain_size(&self, chain_id: &str) -> Result<i64, StoreError> {
