@@ -167,7 +167,8 @@ fn refusal(error: DecideError) -> ApiError {
 /// the asking operator may decide it.
 async fn entry_json(state: &ApiState, entry: &Entry, operator: &str) -> Result<Value, ApiError> {
     let request = &entry.request;
-    let body = state.store.payload(&request.arguments_ref).await.map_err(ApiError::ledger)?;
+    let bodies =
+        approval::held_bodies(state.store.as_ref(), entry).await.map_err(ApiError::ledger)?;
     let mut value = request.to_data();
     value["requested_at"] = entry.requested.timestamp.clone().into();
     value["session_id"] = entry.requested.session_id.clone().into();
@@ -180,10 +181,15 @@ async fn entry_json(state: &ApiState, entry: &Entry, operator: &str) -> Result<V
         }
         _ => Value::Null,
     };
-    value["arguments_held"] = body.is_some().into();
-    // Canonical JSON as stored; an unreadable body is shown as text.
-    value["arguments"] =
-        body.map(|b| serde_json::from_str(&b).unwrap_or(Value::String(b))).unwrap_or(Value::Null);
+    value["arguments_held"] = bodies.arguments.is_some().into();
+    value["arguments_redacted"] = bodies.arguments_redacted.into();
+    value["arguments"] = bodies.arguments.unwrap_or(Value::Null);
+    value["holds_result"] = request.holds_result().into();
+    if request.holds_result() {
+        value["result_held"] = bodies.result.is_some().into();
+        value["result_redacted"] = bodies.result_redacted.into();
+        value["result"] = bodies.result.unwrap_or(Value::Null);
+    }
     value["may_decide"] = (entry.state == HoldState::Pending && request.allows(operator)).into();
     Ok(value)
 }

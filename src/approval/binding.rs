@@ -15,6 +15,8 @@ pub enum Mismatch {
     CallId { expected: String, found: String },
     #[error("the decision approves arguments {found}, but the call's arguments are {expected}")]
     Arguments { expected: String, found: String },
+    #[error("the decision is about result {found:?}, but the hold is of {expected:?}")]
+    Output { expected: Option<String>, found: Option<String> },
     #[error("the decision was made under policy {found}, but the call was held under {expected}")]
     PolicyDigest { expected: String, found: String },
     #[error("the decision says it was made by `{decided_by}`, which does not match its verdict")]
@@ -26,7 +28,7 @@ pub enum Mismatch {
 }
 
 /// Whether `decision` is a valid decision for `req`: same approval_id, call_id, arguments_ref,
-/// policy_digest; operator allowed by `approvers`; decided (event timestamp) before
+/// output_ref (holds of results), policy_digest; operator allowed by `approvers`; decided (event timestamp) before
 /// `expires_at`. The system's verdicts (`expired`, `cancelled`) are only checked for the first
 /// four: they end a hold whoever records them and whenever, and never let a call through.
 pub fn binds(
@@ -50,6 +52,12 @@ pub fn binds(
         return Err(Mismatch::Arguments {
             expected: req.arguments_ref.clone(),
             found: decision.arguments_ref.clone(),
+        });
+    }
+    if req.output_ref != decision.output_ref {
+        return Err(Mismatch::Output {
+            expected: req.output_ref.clone(),
+            found: decision.output_ref.clone(),
         });
     }
     if req.policy_digest != decision.policy_digest {

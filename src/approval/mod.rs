@@ -11,6 +11,7 @@
 //! Anything else in the ledger, forged or mistaken, is ignored (and logged).
 
 mod binding;
+mod bodies;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::record::{Event, EventType, format_timestamp};
 
 pub use binding::{Mismatch, binds};
+pub use bodies::{HeldBodies, held_bodies};
 pub use queue::{DecideError, Decided, Entry, State, decide, find, pending, pending_entries, wait};
 
 /// A held call waiting for an operator: the `data` of an `approval_requested` event.
@@ -44,6 +46,9 @@ pub struct HoldRequest {
     pub approvers: Vec<String>,
     /// Whole microseconds, so that the request reads back exactly as it was written.
     pub expires_at: OffsetDateTime,
+    /// Set when what is held is the call's *result* (an output rule): `sha256:…` of the result
+    /// the operator releases to the agent or withholds. `None`: the call itself is held.
+    pub output_ref: Option<String>,
 }
 
 impl HoldRequest {
@@ -75,13 +80,25 @@ impl HoldRequest {
             reason,
             approvers,
             expires_at: truncate_to_micros(expires_at),
+            output_ref: None,
         }
+    }
+
+    /// Makes this the hold of the call's result `output_ref` rather than of the call.
+    pub fn for_result(mut self, output_ref: String) -> Self {
+        self.output_ref = Some(output_ref);
+        self
+    }
+
+    /// Whether this holds a result (already produced upstream) rather than a call.
+    pub fn holds_result(&self) -> bool {
+        self.output_ref.is_some()
     }
 
     /// The `data` of the `approval_requested` event. `agent` and `server` are repeated from the
     /// event's columns so that the request reads the same wherever it is copied.
     pub fn to_data(&self) -> Value {
-        json!({
+        let mut data = json!({
             "approval_id": self.approval_id,
             "call_id": self.call_id,
             "agent": self.agent,
@@ -93,7 +110,11 @@ impl HoldRequest {
             "reason": self.reason,
             "approvers": self.approvers,
             "expires_at": format_timestamp(self.expires_at),
-        })
+        });
+        if let Some(output_ref) = &self.output_ref {
+            data["output_ref"] = json!(output_ref);
+        }
+        data
     }
 
     /// The request an `approval_requested` event records; `None` for any other event or a
@@ -124,6 +145,7 @@ impl HoldRequest {
                 Some(_) => return None,
             },
             expires_at: parse_timestamp(data.get("expires_at")?.as_str()?)?,
+            output_ref: optional_text(data, "output_ref")?,
         })
     }
 
@@ -193,6 +215,8 @@ pub struct DecisionRecord {
     pub call_id: String,
     pub arguments_ref: String,
     pub policy_digest: String,
+    /// The held result this decision releases or withholds (holds of results only).
+    pub output_ref: Option<String>,
     pub verdict: Verdict,
     /// `operator/<name>`, or `system` for expiry and cancellation.
     pub decided_by: String,
@@ -209,6 +233,7 @@ impl DecisionRecord {
             call_id: req.call_id.clone(),
             arguments_ref: req.arguments_ref.clone(),
             policy_digest: req.policy_digest.clone(),
+            output_ref: req.output_ref.clone(),
             verdict,
             decided_by,
         }
@@ -216,7 +241,7 @@ impl DecisionRecord {
 
     /// The `data` of the `approval_decision` event (who and why; the event's timestamp is when).
     pub fn to_data(&self) -> Value {
-        json!({
+        let mut data = json!({
             "approval_id": self.approval_id,
             "call_id": self.call_id,
             "arguments_ref": self.arguments_ref,
@@ -225,7 +250,11 @@ impl DecisionRecord {
             "decided_by": self.decided_by,
             "reason": self.verdict.reason(),
             "authorized_by": self.authorized_by(),
-        })
+        });
+        if let Some(output_ref) = &self.output_ref {
+            data["output_ref"] = json!(output_ref);
+        }
+        data
     }
 
     /// The decision an `approval_decision` event records; `None` for any other event or a
@@ -254,14 +283,17 @@ impl DecisionRecord {
             call_id: text(data, "call_id")?,
             arguments_ref: text(data, "arguments_ref")?,
             policy_digest: text(data, "policy_digest")?,
+            output_ref: optional_text(data, "output_ref")?,
             verdict,
             decided_by,
         })
     }
 
-    /// `approval:operator/<name>` for an approval: the `authorized_by` of the forwarded call.
+    /// `approval:operator/<name>` for an approval of a call: the `authorized_by` of the
+    /// forwarded call. The release of a held result authorizes no call, so it has none.
     pub fn authorized_by(&self) -> Option<String> {
         match &self.verdict {
+            Verdict::Approved { .. } if self.output_ref.is_some() => None,
             Verdict::Approved { operator, .. } => {
                 Some(format!("approval:{OPERATOR_PREFIX}{operator}"))
             }

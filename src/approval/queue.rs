@@ -25,7 +25,7 @@ pub enum State {
     /// Nobody has decided yet and it has not expired.
     Pending,
     /// The first decision that binds to the request (later ones change nothing).
-    Decided(Decided),
+    Decided(Box<Decided>),
     /// Nobody decided before `expires_at` (and no proxy has recorded the expiry yet).
     Expired,
     /// The call ended without a decision, e.g. the agent cancelled it: `outcome` of its result.
@@ -285,17 +285,22 @@ pub(super) fn state_of(
             ignored(event, &"it is malformed");
             continue;
         };
+        // A call can be held twice (the call, then its result): the other hold's decisions
+        // are not about this one, and not suspicious either.
+        if record.approval_id != req.approval_id {
+            continue;
+        }
         let Some(decided_at) = parse_timestamp(&event.timestamp) else {
             ignored(event, &"its timestamp is unreadable");
             continue;
         };
         match binds(req, &record, decided_at) {
             Ok(()) => {
-                return State::Decided(Decided {
+                return State::Decided(Box::new(Decided {
                     record,
                     decided_at,
                     event_id: event.event_id.clone(),
-                });
+                }));
             }
             Err(why) => ignored(event, &why),
         }

@@ -170,17 +170,20 @@ async fn show(args: &LedgerArgs, id: &str, as_json: bool) -> Result<u8, CliError
             .await
             .map_err(failed)?
             .ok_or_else(|| usage(anyhow!("there is no approval request {id}")))?;
-        let body = store.payload(&entry.request.arguments_ref).await.map_err(failed)?;
-        Ok::<_, CliError>((entry, body))
+        let bodies = approval::held_bodies(store.as_ref(), &entry).await.map_err(failed)?;
+        Ok::<_, CliError>((entry, bodies))
     }
     .await;
     store.close().await;
-    let (entry, body) = shown?;
-    // The body is canonical JSON; an unreadable one is shown as it is.
-    let arguments = body.map(|b| serde_json::from_str(&b).unwrap_or(Value::String(b)));
+    let (entry, bodies) = shown?;
     if as_json {
         let mut value = entry_json(&entry);
-        value["arguments"] = arguments.unwrap_or(Value::Null);
+        value["arguments"] = bodies.arguments.clone().unwrap_or(Value::Null);
+        value["arguments_redacted"] = bodies.arguments_redacted.into();
+        if entry.request.holds_result() {
+            value["result"] = bodies.result.clone().unwrap_or(Value::Null);
+            value["result_redacted"] = bodies.result_redacted.into();
+        }
         println!("{value}");
         return Ok(exit::OK);
     }
@@ -199,15 +202,27 @@ async fn show(args: &LedgerArgs, id: &str, as_json: bool) -> Result<u8, CliError
     line("requested", &entry.requested.timestamp);
     line("expires", &format_timestamp(request.expires_at));
     line("policy", &request.policy_digest);
+    line("holds", if request.holds_result() { "the call's result" } else { "the call" });
     line("arguments", &request.arguments_ref);
-    match arguments {
-        Some(arguments) => println!(
-            "{}",
-            serde_json::to_string_pretty(&arguments).expect("a JSON value serialises")
-        ),
-        None => println!("(the arguments' body is no longer held: redacted or erased)"),
+    print_body(bodies.arguments.as_ref(), bodies.arguments_redacted, "arguments");
+    if let Some(output_ref) = &request.output_ref {
+        line("result", output_ref);
+        print_body(bodies.result.as_ref(), bodies.result_redacted, "result");
     }
     Ok(exit::OK)
+}
+
+/// A kept body, pretty-printed, saying whether PII was redacted from it.
+fn print_body(body: Option<&Value>, redacted: bool, what: &str) {
+    match body {
+        Some(body) => {
+            if redacted {
+                println!("(kept redacted: PII replaced by [REDACTED:<pattern>])");
+            }
+            println!("{}", serde_json::to_string_pretty(body).expect("a JSON value serialises"));
+        }
+        None => println!("(no copy of the {what} is kept: never stored, or erased)"),
+    }
 }
 
 async fn decide(args: &LedgerArgs, id: &str, verdict: Verdict) -> Result<u8, CliError> {

@@ -82,10 +82,11 @@ const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 pub fn start_policy(
     dir_flag: Option<&Path>,
     config: Option<&Config>,
+    pii_patterns: Vec<String>,
 ) -> Result<crate::intercept::SharedPolicy, CliError> {
     use crate::policy::{Effect, PolicySet};
     let default = match config.map(|c| c.policy.default.as_str()) {
-        Some(text) => text.parse::<Effect>().map_err(|()| {
+        Some(text) => Effect::parse_default(text).ok_or_else(|| {
             CliError::Usage(anyhow::anyhow!(
                 "[policy] default must be allow, hold or deny, not `{text}`"
             ))
@@ -101,7 +102,13 @@ pub fn start_policy(
         };
         return Ok(crate::intercept::SharedPolicy::new(set));
     };
-    let load = move |dir: &Path| PolicySet::load_dir(dir, default);
+    // A rule naming a PII pattern the scanner does not run would never fire: refused like any
+    // other invalid policy, at start-up and on reload.
+    let load = move |dir: &Path| {
+        let set = PolicySet::load_dir(dir, default)?;
+        set.check_pii_patterns(&pii_patterns)?;
+        Ok::<_, crate::policy::PolicyError>(set)
+    };
     let set = load(&dir).map_err(|error| {
         let problems: Vec<String> = error.problems().iter().map(|p| p.to_string()).collect();
         CliError::Usage(anyhow::anyhow!(
@@ -155,6 +162,14 @@ fn policy_fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, u64, Option<std::t
         .collect();
     files.sort();
     files
+}
+
+/// The process's PII scanner for `[audit]` (`None` when scanning is off); a custom pattern
+/// that does not compile was already refused when the file was loaded.
+pub fn scanner(
+    audit: &crate::config::AuditConfig,
+) -> Result<Option<std::sync::Arc<crate::pii::Scanner>>, CliError> {
+    crate::intercept::BodyPolicy::scanner_for(audit).context("in [audit]").map_err(CliError::Usage)
 }
 
 /// The approvals webhook of `[approvals]`, recording its deliveries to `ledger`, if one is set.

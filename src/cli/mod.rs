@@ -9,6 +9,7 @@ mod checkpoints;
 mod configured;
 mod correct;
 mod demo;
+mod erase;
 mod export;
 mod keygen;
 mod ledger;
@@ -75,6 +76,8 @@ enum Command {
     Consistency(proofs::ConsistencyArgs),
     /// Append a `correction` event referencing an earlier event (nothing is changed in place)
     Correct(correct::CorrectArgs),
+    /// Erase one payload body (an erasure request): records an `erasure` event, deletes the body; verify still passes
+    Erase(erase::EraseArgs),
     /// Write an evidence bundle (events, checkpoint, inclusion proofs, key) that `verify --bundle` checks offline
     Export(export::ExportArgs),
     /// Remove whole old ranges of the ledger after a signed `retention_cut` (`retention apply`)
@@ -110,6 +113,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Prove(args) => proofs::prove(args).await,
         Command::Consistency(args) => proofs::consistency(args).await,
         Command::Correct(args) => correct::run(args).await,
+        Command::Erase(args) => erase::run(args).await,
         Command::Export(args) => export::run(args).await,
         Command::Retention(args) => retention::run(args).await,
         Command::Migrate(args) => ledger::migrate(args).await,

@@ -35,6 +35,10 @@ struct CheckArgs {
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
+    /// The configuration whose `[audit]` says which PII patterns exist (custom ones, disabled
+    /// ones, or none when scanning is off) [default: the built-in patterns]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -62,7 +66,17 @@ pub async fn run(args: PolicyArgs) -> Result<u8, CliError> {
 }
 
 fn check(args: &CheckArgs) -> Result<u8, CliError> {
-    match PolicySet::load_dir(&args.dir, args.default.into()) {
+    let audit = match &args.config {
+        Some(path) => super::configured::load(path)?.audit,
+        None => crate::config::AuditConfig::default(),
+    };
+    let patterns: Vec<String> = super::configured::scanner(&audit)?
+        .iter()
+        .flat_map(|s| s.pattern_names().map(str::to_owned))
+        .collect();
+    let loaded = PolicySet::load_dir(&args.dir, args.default.into())
+        .and_then(|set| set.check_pii_patterns(&patterns).map(|()| set));
+    match loaded {
         Ok(set) => {
             if args.json {
                 println!("{}", ok_json(args, &set));
@@ -144,7 +158,7 @@ mod tests {
     use super::*;
 
     fn args(dir: &std::path::Path, json: bool) -> CheckArgs {
-        CheckArgs { dir: dir.to_owned(), default: DefaultEffect::Allow, json }
+        CheckArgs { dir: dir.to_owned(), default: DefaultEffect::Allow, json, config: None }
     }
 
     #[test]

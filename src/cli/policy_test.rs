@@ -55,7 +55,7 @@ struct Report {
 }
 
 pub async fn run(args: TestArgs) -> Result<u8, CliError> {
-    let default: Effect = args.default.parse().map_err(|()| {
+    let default = Effect::parse_default(&args.default).ok_or_else(|| {
         CliError::Usage(anyhow!("--default must be allow, hold or deny, not `{}`", args.default))
     })?;
     let candidate = PolicySet::load_dir(&args.dir, default).map_err(|error| {
@@ -121,6 +121,7 @@ fn describe(effect: &str, rule: Option<&str>) -> String {
 
 fn compare(candidate: &PolicySet, event: &Event, arguments: &Value) -> Option<Change> {
     let tool = event.data.get("tool").and_then(Value::as_str).unwrap_or_default();
+    let input_pii = crate::record::pii_patterns(&event.data, "input");
     // Budgets depend on the day's spending at the time, which a replay cannot reconstruct
     // faithfully: they are left out, and say so in the docs.
     let context = CallContext {
@@ -129,6 +130,7 @@ fn compare(candidate: &PolicySet, event: &Event, arguments: &Value) -> Option<Ch
         tool,
         arguments,
         spent_today: Some(0.0),
+        input_pii: &input_pii,
     };
     let decision = candidate.evaluate(&context);
     let would = describe(decision.effect().as_str(), decision.rule().map(|r| r.name.as_str()));

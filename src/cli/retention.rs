@@ -89,14 +89,17 @@ async fn apply(args: ApplyArgs) -> Result<u8, CliError> {
     let config = configured::load(&args.config)?;
     let days = config.audit.retention_days;
     let max_mb = config.audit.retention_max_size_mb;
-    if days.is_none() && max_mb.is_none() {
+    let payload_days = config.audit.payload_retention();
+    let events_retention = days.is_some() || max_mb.is_some();
+    if !events_retention && payload_days.is_none() {
         return Err(CliError::Usage(anyhow!(
-            "{}: [audit] sets neither retention_days nor retention_max_size_mb; nothing to apply",
+            "{}: [audit] sets none of retention_days, retention_max_size_mb and \
+             payload_retention_days; nothing to apply",
             args.config.display()
         )));
     }
     let key_path = args.key.clone().or_else(|| config.ledger.signing_key.clone());
-    let key = match (&key_path, args.dry_run) {
+    let key = match (&key_path, args.dry_run || !events_retention) {
         (Some(path), _) => Some(read_signing_key(path).map_err(CliError::Usage)?),
         (None, true) => None,
         (None, false) => {
@@ -114,32 +117,67 @@ async fn apply(args: ApplyArgs) -> Result<u8, CliError> {
     let anchor =
         config.ledger.anchor.as_ref().map(|p| Arc::new(FileAnchor::new(p)) as Arc<dyn Anchor>);
     let outcome = async {
-        let plan = plan(store.as_ref(), &args.chain, days, max_mb).await?;
-        if args.dry_run || plan.count() == 0 {
-            return Ok((plan, None));
+        let mut events = None;
+        if events_retention {
+            let plan = plan(store.as_ref(), &args.chain, days, max_mb).await?;
+            let cut = if args.dry_run || plan.count() == 0 {
+                None
+            } else {
+                let key = key.expect("checked above");
+                Some(cut(store.clone(), &plan, key, anchor, days, max_mb).await?)
+            };
+            events = Some((plan, cut));
         }
-        let key = key.expect("checked above");
-        let cut = cut(store.clone(), &plan, key, anchor, days, max_mb).await?;
-        Ok::<_, anyhow::Error>((plan, Some(cut)))
+        let payloads = match payload_days {
+            Some(days) => {
+                Some(expire_payloads(store.as_ref(), &args.chain, days, args.dry_run).await?)
+            }
+            None => None,
+        };
+        Ok::<_, anyhow::Error>((events, payloads))
     }
     .await;
     store.close().await;
-    let (plan, cut) = outcome.map_err(CliError::Failed)?;
+    let (events, payloads) = outcome.map_err(CliError::Failed)?;
     if args.json {
         let value = json!({
-            "plan": plan,
+            "plan": events.as_ref().map(|(plan, _)| plan),
             "dry_run": args.dry_run,
-            "cut": cut.as_ref().map(|(event, removed)| json!({
+            "cut": events.as_ref().and_then(|(_, cut)| cut.as_ref()).map(|(event, removed)| json!({
                 "event_id": event.event_id,
                 "seq": event.seq,
                 "removed_events": removed.events,
                 "removed_payloads": removed.payloads,
             })),
+            "payload_retention": payloads,
         });
         println!("{value}");
-    } else if plan.count() == 0 {
+        return Ok(exit::OK);
+    }
+    if let Some((plan, cut)) = &events {
+        print_events_outcome(plan, cut.as_ref());
+    }
+    if let Some(expiry) = &payloads {
+        let verb = if args.dry_run { "would erase" } else { "erased" };
+        println!(
+            "{verb} {} payload bodies that no event since {} references (payload retention of {} days){}",
+            expiry.bodies,
+            expiry.older_than,
+            expiry.days,
+            expiry
+                .erasure_event
+                .as_ref()
+                .map(|id| format!("; erasure event {id}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn print_events_outcome(plan: &Plan, cut: Option<&(Event, store::RetentionRemoved)>) {
+    if plan.count() == 0 {
         println!("nothing to remove from chain {} ({})", plan.chain_id, plan.reasons.join("; "));
-    } else if let Some((event, removed)) = &cut {
+    } else if let Some((event, removed)) = cut {
         println!(
             "removed seq {}..={} of chain {} ({} events, {} payload bodies) after retention_cut {} \
              at seq {} ({})",
@@ -162,7 +200,68 @@ async fn apply(args: ApplyArgs) -> Result<u8, CliError> {
             plan.reasons.join("; ")
         );
     }
-    Ok(exit::OK)
+}
+
+/// What payload retention erased (or would erase).
+#[derive(Debug, Clone, serde::Serialize)]
+struct PayloadExpiry {
+    days: u32,
+    older_than: String,
+    bodies: usize,
+    /// The first `erasure` event recording it (there is one per [`REFERENCES_PER_EVENT`]).
+    erasure_event: Option<String>,
+}
+
+/// References listed in one `erasure` event of payload retention, so that no event grows large.
+const REFERENCES_PER_EVENT: usize = 1_000;
+
+/// Erases the payload bodies no event of the last `days` days references: records them in
+/// `erasure` events (scope `retention`), then deletes them. The events that reference them stay,
+/// and still verify.
+async fn expire_payloads(
+    store: &dyn Store,
+    chain_id: &str,
+    days: u32,
+    dry_run: bool,
+) -> anyhow::Result<PayloadExpiry> {
+    let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
+    let older_than = crate::record::format_timestamp(cutoff);
+    let references = store.erasable_payloads(&older_than).await?;
+    let mut expiry = PayloadExpiry {
+        days,
+        older_than: older_than.clone(),
+        bodies: references.len(),
+        erasure_event: None,
+    };
+    if dry_run || references.is_empty() {
+        return Ok(expiry);
+    }
+    let drafts: Vec<Draft> = references
+        .chunks(REFERENCES_PER_EVENT)
+        .map(|chunk| {
+            Draft::new(
+                EventType::Erasure,
+                json!({
+                    "scope": "retention",
+                    "references": chunk,
+                    "older_than": older_than,
+                    "payload_retention_days": days,
+                    "reason": format!("payload retention: bodies no event since {older_than} references"),
+                }),
+            )
+        })
+        .collect();
+    let events = store
+        .append(chain_id, &drafts)
+        .await
+        .context("cannot append the erasure events; nothing was erased")?;
+    expiry.erasure_event = events.first().map(|e| e.event_id.clone());
+    let erased = store
+        .erase_payloads(&references, true)
+        .await
+        .context("the erasure is recorded, but the bodies could not be deleted (retention must run as the ledger's owner)")?;
+    expiry.bodies = usize::try_from(erased).unwrap_or(usize::MAX);
+    Ok(expiry)
 }
 
 /// The newest recorded cut of `chain_id`, if any.

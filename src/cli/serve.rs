@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::{CliError, LedgerArgs, configured, exit};
 use crate::api::{self, ApiState, OperatorTokens};
+use crate::intercept::BodyPolicy;
 use crate::proxy::http_server::{
     AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve_with,
 };
@@ -58,6 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             "no [[operators]] configured: the approvals API and console refuse every request; add one with `mcp-ledger operators add NAME`"
         );
     }
+    let scanner = configured::scanner(&config.audit)?;
     let mut endpoints = HashMap::new();
     for server in &config.servers {
         let endpoint = Endpoint {
@@ -65,6 +67,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             recorded: configured::recorded_methods(server),
             call_timeout: configured::call_timeout(server),
             shared: server.shared,
+            bodies: BodyPolicy::configured(&config.audit, Some(server), scanner.clone()),
         };
         endpoints.insert(server.name.clone(), endpoint);
     }
@@ -79,7 +82,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let checkpointer =
         super::checkpoints::start_checkpointer(store.clone(), &config.ledger).await?;
 
-    let policy = configured::start_policy(args.policy.as_deref(), Some(&config))?;
+    let patterns = scanner.iter().flat_map(|s| s.pattern_names().map(str::to_owned)).collect();
+    let policy = configured::start_policy(args.policy.as_deref(), Some(&config), patterns)?;
     let origins = OriginPolicy {
         allowed_hosts: config.listen.allowed_hosts.clone(),
         allowed_origins: config.listen.allowed_origins.clone(),

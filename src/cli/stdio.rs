@@ -7,7 +7,8 @@ use clap::Args;
 
 use super::{CliError, LedgerArgs, configured, exit};
 use crate::config::DEFAULT_CALL_TIMEOUT_SECS;
-use crate::intercept::{RecordedMethods, SessionIdentity, SessionRecorder};
+use crate::config::Storage;
+use crate::intercept::{BodyPolicy, RecordedMethods, SessionIdentity, SessionRecorder};
 use crate::proxy::relay::RelayEnd;
 use crate::proxy::stdio::{serve_stdio, server_name_from_command};
 use crate::proxy::upstream::{self, UpstreamSpec};
@@ -39,6 +40,13 @@ pub struct StdioArgs {
     /// [default: 600, or the server's call_timeout_secs]
     #[arg(long, value_name = "SECS")]
     call_timeout_secs: Option<u64>,
+    /// How argument and result bodies are kept: full, redacted (PII replaced), or none (only
+    /// their reference and size) [default: redacted, or the config's [audit] payloads]
+    #[arg(long, value_name = "MODE", value_parser = ["full", "redacted", "none"])]
+    payloads: Option<String>,
+    /// Do not scan bodies for PII and secrets (bodies are then kept in full unless --payloads none)
+    #[arg(long)]
+    no_pii_scan: bool,
     /// The upstream MCP server to start, after `--`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -100,6 +108,29 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
     })
 }
 
+/// Scanning and storage: the config's `[audit]` (and the server's own settings), then the flags.
+fn body_policy(args: &StdioArgs, plan: &Plan) -> Result<BodyPolicy, CliError> {
+    let mut audit = plan.config.as_ref().map(|c| c.audit.clone()).unwrap_or_default();
+    if args.no_pii_scan {
+        audit.scan_pii = false;
+        audit.pii_patterns.clear();
+        if audit.payloads == Storage::Redacted {
+            audit.payloads = Storage::Full;
+        }
+    }
+    let server = plan.config.as_ref().and_then(|c| c.server(&plan.server));
+    let scanner = configured::scanner(&audit)?;
+    let bodies = BodyPolicy::configured(&audit, server, scanner);
+    let Some(mode) = &args.payloads else { return Ok(bodies) };
+    let storage = Storage::parse(mode).expect("clap admits only the three modes");
+    if storage == Storage::Redacted && args.no_pii_scan {
+        return Err(CliError::Usage(anyhow!(
+            "--payloads redacted needs the PII scanner, which --no-pii-scan turns off"
+        )));
+    }
+    Ok(bodies.with_default_storage(storage))
+}
+
 pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     let plan = plan(&args)?;
     let url = &plan.ledger_url;
@@ -111,8 +142,13 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         .await
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
+    let bodies = body_policy(&args, &plan)?;
     // An invalid policy stops us before the upstream is started, like an unreachable ledger.
-    let policy = configured::start_policy(args.policy.as_deref(), plan.config.as_ref())?;
+    let policy = configured::start_policy(
+        args.policy.as_deref(),
+        plan.config.as_ref(),
+        bodies.pattern_names(),
+    )?;
     // So does an unreadable signing key.
     let checkpointer = match &plan.config {
         Some(config) => {
@@ -141,7 +177,8 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     };
     let recorder = SessionRecorder::new(ledger, identity, plan.recorded)
         .with_policy(policy, store.clone())
-        .with_notifier(webhook);
+        .with_notifier(webhook)
+        .with_bodies(bodies);
     let call_timeout = (plan.call_timeout_secs > 0)
         .then(|| std::time::Duration::from_secs(plan.call_timeout_secs));
     let end = serve_stdio(recorder, pipe, call_timeout).await;

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::record::Storage;
+
 pub use secrets::{ConfigWarning, Place, redact_webhook_url};
 
 /// The file's name when a configuration is not read from a file (and the conventional name).
@@ -84,6 +86,10 @@ pub struct ServerConfig {
     /// How long a recorded call may wait for its response before the proxy answers it with an
     /// error (and records that); 0 waits forever.
     pub call_timeout_secs: u64,
+    /// How this server's bodies are stored; `None`: `[audit] payloads`.
+    pub payloads: Option<Storage>,
+    /// Per tool of this server, overriding `payloads`.
+    pub tool_payloads: BTreeMap<String, Storage>,
 }
 
 /// The default `call_timeout_secs`: long enough for slow tools, short enough that a hung upstream
@@ -144,10 +150,37 @@ impl Default for ApprovalsConfig {
 /// `[audit]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
+    /// Scan every recorded body for PII and secrets (`pii_detected` events, redaction).
     pub scan_pii: bool,
     pub retention_days: Option<u32>,
     pub retention_max_size_mb: Option<u64>,
+    /// Keep the arguments of tool calls; `false` stores them as `none` (reference and size).
     pub log_tool_args: bool,
+    /// How bodies are stored unless a server or tool says otherwise: `redacted` by default
+    /// when scanning, `full` when not.
+    pub payloads: Storage,
+    /// Built-in PII patterns not to run.
+    pub pii_disabled: Vec<String>,
+    /// `[[audit.pii_patterns]]`: custom patterns as `(name, regex)`.
+    pub pii_patterns: Vec<(String, String)>,
+    /// Payload bodies no event newer than this many days references are erased by `retention
+    /// apply`; default `retention_days`.
+    pub payload_retention_days: Option<u32>,
+}
+
+impl AuditConfig {
+    /// The scanner settings, or `None` when scanning is off.
+    pub fn scanner_config(&self) -> Option<crate::pii::ScannerConfig> {
+        self.scan_pii.then(|| crate::pii::ScannerConfig {
+            disabled: self.pii_disabled.clone(),
+            custom: self.pii_patterns.clone(),
+        })
+    }
+
+    /// How long payload bodies are kept, if they expire.
+    pub fn payload_retention(&self) -> Option<u32> {
+        self.payload_retention_days.or(self.retention_days)
+    }
 }
 
 /// `[policy]`
@@ -192,6 +225,10 @@ impl Default for AuditConfig {
             retention_days: None,
             retention_max_size_mb: None,
             log_tool_args: true,
+            payloads: Storage::Redacted,
+            pii_disabled: Vec::new(),
+            pii_patterns: Vec::new(),
+            payload_retention_days: None,
         }
     }
 }

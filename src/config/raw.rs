@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::secrets::{self, Place, TemplateError};
 use super::{
     AgentConfig, ApprovalsConfig, AuditConfig, Config, ConfigError, LedgerConfig, ListenConfig,
-    OperatorConfig, PolicyConfig, ServerConfig, UpstreamTransport, is_valid_name,
+    OperatorConfig, PolicyConfig, ServerConfig, Storage, UpstreamTransport, is_valid_name,
 };
 
 #[derive(Deserialize)]
@@ -73,6 +73,8 @@ struct RawServer {
     shared: bool,
     record_methods: Option<Vec<String>>,
     call_timeout_secs: Option<u64>,
+    payloads: Option<Spanned<String>>,
+    tool_payloads: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -85,10 +87,22 @@ struct RawAgent {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
-    scan_pii: Option<bool>,
+    scan_pii: Option<Spanned<bool>>,
     retention_days: Option<Spanned<u32>>,
     retention_max_size_mb: Option<Spanned<u64>>,
     log_tool_args: Option<bool>,
+    payloads: Option<Spanned<String>>,
+    pii_disabled: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pii_patterns: Vec<Spanned<RawPiiPattern>>,
+    payload_retention_days: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPiiPattern {
+    name: Spanned<String>,
+    regex: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -172,13 +186,14 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let source = Source { file, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(e))?;
     let agents = agents(&source, raw.agents)?;
+    let audit = audit(&source, raw.audit)?;
     Ok(Config {
         ledger: ledger(&source, raw.ledger)?,
         listen: listen(&source, raw.listen)?,
-        servers: servers(&source, raw.servers)?,
+        servers: servers(&source, raw.servers, &audit)?,
         operators: operators(&source, raw.operators, &agents)?,
         agents,
-        audit: audit(&source, raw.audit)?,
+        audit,
         policy: policy(&source, raw.policy)?,
         approvals: approvals(&source, raw.approvals)?,
         path: None,
@@ -273,6 +288,7 @@ fn unique_name(
 fn servers(
     source: &Source,
     raw: Vec<Spanned<RawServer>>,
+    audit: &AuditConfig,
 ) -> Result<Vec<ServerConfig>, ConfigError> {
     let mut seen = HashMap::new();
     let mut servers = Vec::with_capacity(raw.len());
@@ -334,12 +350,21 @@ fn servers(
                 UpstreamTransport::Http { url: http_url(source, &name, url)?, headers }
             }
         };
+        let key = format!("servers.{name}.payloads");
+        let payloads = raw.payloads.map(|m| storage(source, &m, &key, audit)).transpose()?;
+        let mut tool_payloads = BTreeMap::new();
+        for (tool, mode) in raw.tool_payloads.unwrap_or_default() {
+            let key = format!("servers.{name}.tool_payloads.{tool}");
+            tool_payloads.insert(tool, storage(source, &mode, &key, audit)?);
+        }
         servers.push(ServerConfig {
             name,
             transport,
             shared: raw.shared,
             record_methods: raw.record_methods,
             call_timeout_secs: raw.call_timeout_secs.unwrap_or(super::DEFAULT_CALL_TIMEOUT_SECS),
+            payloads,
+            tool_payloads,
         });
     }
     Ok(servers)
@@ -522,8 +547,9 @@ pub(super) fn is_http_url(url: &str) -> bool {
 
 fn audit(source: &Source, raw: RawAudit) -> Result<AuditConfig, ConfigError> {
     let defaults = AuditConfig::default();
-    Ok(AuditConfig {
-        scan_pii: raw.scan_pii.unwrap_or(defaults.scan_pii),
+    let scan_pii = raw.scan_pii.as_ref().is_none_or(|s| *s.get_ref());
+    let mut audit = AuditConfig {
+        scan_pii,
         retention_days: at_least_one(source, raw.retention_days, "audit.retention_days")?,
         retention_max_size_mb: at_least_one(
             source,
@@ -531,7 +557,88 @@ fn audit(source: &Source, raw: RawAudit) -> Result<AuditConfig, ConfigError> {
             "audit.retention_max_size_mb",
         )?,
         log_tool_args: raw.log_tool_args.unwrap_or(defaults.log_tool_args),
-    })
+        // Without a scanner there is nothing to redact with, so bodies are kept as they are.
+        payloads: if scan_pii { Storage::Redacted } else { Storage::Full },
+        pii_disabled: Vec::new(),
+        pii_patterns: Vec::new(),
+        payload_retention_days: at_least_one(
+            source,
+            raw.payload_retention_days,
+            "audit.payload_retention_days",
+        )?,
+    };
+    if let Some(mode) = &raw.payloads {
+        audit.payloads = storage(source, mode, "audit.payloads", &audit)?;
+    }
+    let builtins: Vec<&str> = crate::pii::builtin_names().collect();
+    for name in raw.pii_disabled.unwrap_or_default() {
+        if !builtins.contains(&name.get_ref().as_str()) {
+            return Err(source.error(
+                name.span(),
+                format!(
+                    "`audit.pii_disabled` names `{}`, which is not a built-in PII pattern ({})",
+                    name.get_ref().escape_debug(),
+                    builtins.join(", ")
+                ),
+            ));
+        }
+        audit.pii_disabled.push(name.into_inner());
+    }
+    for entry in raw.pii_patterns {
+        let span = entry.span();
+        let RawPiiPattern { name, regex } = entry.into_inner();
+        let one = crate::pii::ScannerConfig {
+            disabled: Vec::new(),
+            custom: vec![(name.get_ref().clone(), regex.get_ref().clone())],
+        };
+        if let Err(error) = crate::pii::Scanner::new(&one) {
+            let at = match error {
+                crate::pii::PiiError::InvalidRegex { .. } => regex.span(),
+                _ => name.span(),
+            };
+            return Err(source.error(at, format!("`audit.pii_patterns`: {error}")));
+        }
+        if audit.pii_patterns.iter().any(|(n, _)| n == name.get_ref()) {
+            return Err(source
+                .error(span, format!("`audit.pii_patterns` defines `{}` twice", name.get_ref())));
+        }
+        audit.pii_patterns.push((name.into_inner(), regex.into_inner()));
+    }
+    if let Some(scan) = &raw.scan_pii
+        && !scan_pii
+        && !audit.pii_patterns.is_empty()
+    {
+        return Err(source.error(
+            scan.span(),
+            "`audit.pii_patterns` are defined but `audit.scan_pii` is false, so they would never run",
+        ));
+    }
+    Ok(audit)
+}
+
+/// A storage mode: `full`, `redacted` or `none`; `redacted` only when PII scanning is on.
+fn storage(
+    source: &Source,
+    mode: &Spanned<String>,
+    key: &str,
+    audit: &AuditConfig,
+) -> Result<Storage, ConfigError> {
+    let Some(storage) = Storage::parse(mode.get_ref()) else {
+        return Err(source.error(
+            mode.span(),
+            format!(
+                "`{key}` must be \"full\", \"redacted\" or \"none\", not \"{}\"",
+                mode.get_ref().escape_debug()
+            ),
+        ));
+    };
+    if storage == Storage::Redacted && !audit.scan_pii {
+        return Err(source.error(
+            mode.span(),
+            format!("`{key}` is \"redacted\", but `audit.scan_pii` is false: redaction needs the scanner"),
+        ));
+    }
+    Ok(storage)
 }
 
 fn policy(source: &Source, raw: RawPolicy) -> Result<PolicyConfig, ConfigError> {

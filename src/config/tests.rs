@@ -80,6 +80,8 @@ fn the_design_example_parses_into_the_documented_shape() {
                 shared: false,
                 record_methods: None,
                 call_timeout_secs: DEFAULT_CALL_TIMEOUT_SECS,
+                payloads: None,
+                tool_payloads: BTreeMap::new(),
             },
             ServerConfig {
                 name: "crm".into(),
@@ -90,6 +92,8 @@ fn the_design_example_parses_into_the_documented_shape() {
                 shared: false,
                 record_methods: None,
                 call_timeout_secs: DEFAULT_CALL_TIMEOUT_SECS,
+                payloads: None,
+                tool_payloads: BTreeMap::new(),
             },
         ]
     );
@@ -103,10 +107,9 @@ fn the_design_example_parses_into_the_documented_shape() {
     assert_eq!(
         config.audit,
         AuditConfig {
-            scan_pii: true,
             retention_days: Some(365),
             retention_max_size_mb: Some(2048),
-            log_tool_args: true,
+            ..AuditConfig::default()
         }
     );
     assert_eq!(
@@ -188,7 +191,7 @@ fn unknown_keys_are_named_with_their_line() {
     );
     assert_eq!(
         error("[[servers]]\nname = \"a\"\ncommand = [\"x\"]\n  enviroment = {}\n"),
-        "mcp-ledger.toml:4:3: unknown field `enviroment`, expected one of `name`, `command`, `env`, `cwd`, `url`, `headers`, `shared`, `record_methods`, `call_timeout_secs`"
+        "mcp-ledger.toml:4:3: unknown field `enviroment`, expected one of `name`, `command`, `env`, `cwd`, `url`, `headers`, `shared`, `record_methods`, `call_timeout_secs`, `payloads`, `tool_payloads`"
     );
     assert_eq!(
         error("[listen]\n\n[server]\nname = \"a\"\n"),
@@ -749,4 +752,83 @@ fn a_literal_secret_in_the_webhook_url_is_warned_about_and_never_printed() {
         let config = parse(&format!("[approvals]\nwebhook_url = \"{url}\"\n")).unwrap();
         assert_eq!(config.warnings(), vec![], "{url}");
     }
+}
+
+#[test]
+fn pii_scanning_and_storage_modes_are_read() {
+    let config = parse(
+        r#"
+[audit]
+payloads = "none"
+pii_disabled = ["ip_address"]
+payload_retention_days = 30
+
+[[audit.pii_patterns]]
+name = "employee_id"
+regex = '\bEMP-[0-9]{6}\b'
+
+[[servers]]
+name = "crm"
+command = ["crm-server"]
+payloads = "full"
+tool_payloads = { export_customers = "none", send_email = "redacted" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.audit.payloads, Storage::None);
+    assert_eq!(config.audit.pii_disabled, ["ip_address"]);
+    assert_eq!(
+        config.audit.pii_patterns,
+        [("employee_id".to_owned(), r"\bEMP-[0-9]{6}\b".to_owned())]
+    );
+    assert_eq!(config.audit.payload_retention(), Some(30));
+    let scanner = config.audit.scanner_config().expect("scanning is on by default");
+    assert_eq!(scanner.disabled, ["ip_address"]);
+    let crm = config.server("crm").unwrap();
+    assert_eq!(crm.payloads, Some(Storage::Full));
+    assert_eq!(crm.tool_payloads["export_customers"], Storage::None);
+    assert_eq!(crm.tool_payloads["send_email"], Storage::Redacted);
+
+    let defaults = parse("").unwrap().audit;
+    assert_eq!(defaults.payloads, Storage::Redacted, "scanning keeps bodies redacted by default");
+    assert_eq!(defaults.payload_retention(), None);
+    let off = parse("[audit]\nscan_pii = false\nretention_days = 9\n").unwrap().audit;
+    assert_eq!(off.payloads, Storage::Full, "without the scanner nothing can be redacted");
+    assert!(off.scanner_config().is_none());
+    assert_eq!(off.payload_retention(), Some(9), "bodies follow retention_days by default");
+}
+
+#[test]
+fn pii_settings_are_checked_and_placed() {
+    assert_eq!(
+        error("[audit]\npayloads = \"some\"\n"),
+        "mcp-ledger.toml:2:12: `audit.payloads` must be \"full\", \"redacted\" or \"none\", not \"some\""
+    );
+    assert_eq!(
+        error("[audit]\nscan_pii = false\npayloads = \"redacted\"\n"),
+        "mcp-ledger.toml:3:12: `audit.payloads` is \"redacted\", but `audit.scan_pii` is false: redaction needs the scanner"
+    );
+    assert!(
+        error("[audit]\npii_disabled = [\"emails\"]\n").starts_with(
+            "mcp-ledger.toml:2:17: `audit.pii_disabled` names `emails`, which is not a built-in PII pattern (email,"
+        )
+    );
+    assert!(error("[[audit.pii_patterns]]\nname = \"bad\"\nregex = \"(unclosed\"\n").starts_with(
+        "mcp-ledger.toml:3:9: `audit.pii_patterns`: custom PII pattern `bad` is not a valid regex"
+    ));
+    assert!(error("[[audit.pii_patterns]]\nname = \"email\"\nregex = \"x\"\n").starts_with(
+        "mcp-ledger.toml:2:8: `audit.pii_patterns`: PII pattern name `email` is defined twice"
+    ));
+    assert_eq!(
+        error("[audit]\nscan_pii = false\n[[audit.pii_patterns]]\nname = \"x\"\nregex = \"x\"\n"),
+        "mcp-ledger.toml:2:12: `audit.pii_patterns` are defined but `audit.scan_pii` is false, so they would never run"
+    );
+    assert_eq!(
+        error("[[servers]]\nname = \"s\"\ncommand = [\"x\"]\ntool_payloads = { t = \"all\" }\n"),
+        "mcp-ledger.toml:4:23: `servers.s.tool_payloads.t` must be \"full\", \"redacted\" or \"none\", not \"all\""
+    );
+    assert_eq!(
+        error("[audit]\npayload_retention_days = 0\n"),
+        "mcp-ledger.toml:2:26: `audit.payload_retention_days` must be at least 1"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Completion, OpenCall, RecordError, SessionRecorder};
+use super::{BodyPolicy, Completion, OpenCall, RecordError, SessionRecorder};
 use crate::approval::{self, DecisionRecord, HoldRequest, Verdict};
 use crate::policy::{CallContext, Decision, PolicySet};
 use crate::record::EventType;
@@ -79,11 +79,15 @@ pub(super) struct Judged {
 }
 
 impl Judged {
-    /// Adds the decision's fields to the `tool_call` event's data.
-    pub(super) fn describe(&self, fields: &mut Map<String, Value>) {
+    /// Adds the decision's fields to the `tool_call` event's data. The target is an argument's
+    /// value, so it is scrubbed of PII like any free text in an event.
+    pub(super) fn describe(&self, fields: &mut Map<String, Value>, bodies: &BodyPolicy) {
+        let target = self.decision.target().map(|t| bodies.scrub(t));
+        let mut decision = self.decision.to_record(&self.digest);
+        decision["target"] = json!(target);
         fields.insert("tool".into(), json!(self.tool));
-        fields.insert("target".into(), json!(self.decision.target()));
-        fields.insert("decision".into(), self.decision.to_record(&self.digest));
+        fields.insert("target".into(), json!(target));
+        fields.insert("decision".into(), decision);
         fields.insert("authorized_by".into(), json!(self.decision.authorized_by(&self.digest)));
         fields.insert("cost_credits".into(), cost_value(self.decision.cost()));
     }
@@ -95,25 +99,25 @@ fn cost_value(cost: f64) -> Value {
 }
 
 /// A tool result that tells the agent, in words it can act on, why its call did not run.
-fn tool_error(text: &str) -> Value {
+pub(super) fn tool_error(text: &str) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true})
 }
 
 impl SessionRecorder {
     pub(super) async fn judge(
         &self,
-        _call: &OpenCall,
+        policy: &PolicySet,
         tool: &str,
         arguments: &Value,
-        _arguments_ref: &str,
+        call: &OpenCall,
     ) -> Judged {
-        let policy = self.policy.current();
         let context = CallContext {
             agent: &self.identity.agent,
             server: &self.identity.server,
             tool,
             arguments,
-            spent_today: self.spent_today(&policy).await,
+            spent_today: self.spent_today(policy).await,
+            input_pii: &call.input_pii,
         };
         Judged {
             tool: tool.to_owned(),
@@ -160,15 +164,12 @@ impl SessionRecorder {
                         .await?;
                     return Ok(Admission::Refuse { call, result: tool_error(text) });
                 };
-                let arguments_ref =
-                    crate::record::Payload::of(params.get("arguments").unwrap_or(&Value::Null))?
-                        .reference;
                 let request = HoldRequest::new(
                     call.call_id.clone(),
                     self.identity.agent.clone(),
                     self.identity.server.clone(),
                     judged.tool.clone(),
-                    arguments_ref,
+                    call.input_ref.clone(),
                     judged.digest.clone(),
                     judged.decision.rule().map(|r| r.name.clone()),
                     reason.clone(),

@@ -6,14 +6,20 @@
 //! once the event is durably committed, or fails so that the proxy can fail closed.
 
 mod admission;
+mod bodies;
+mod results;
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 pub use admission::{Admission, HoldNotifier, HoldOutcome, PendingHold, SharedPolicy};
+pub use bodies::{BodyPolicy, Side};
+pub use results::{Delivery, PendingResultHold};
 
-use crate::record::{Draft, EventType, Payload};
+use crate::pii::Finding;
+use crate::record::{Draft, EventType, RecordedBody};
 use crate::store::writer::{AppendError, Ledger};
 
 /// Which side sent a request.
@@ -72,6 +78,12 @@ pub struct OpenCall {
     started: Instant,
     /// Set when an operator approved the held call: recorded with its result.
     authorized_by: Option<String>,
+    /// `sha256:` of the arguments (tool calls) or params: what an approval binds to.
+    input_ref: String,
+    /// PII patterns found in the input, for output rules with `input_contains`.
+    input_pii: Vec<String>,
+    /// The tool call's arguments, kept only when output rules may look at them.
+    arguments: Option<Arc<Value>>,
 }
 
 /// How a recorded request ended.
@@ -107,6 +119,8 @@ pub struct SessionRecorder {
     notifier: Option<std::sync::Arc<dyn HoldNotifier>>,
     identity: SessionIdentity,
     recorded: std::sync::Arc<RecordedMethods>,
+    /// How bodies are scanned for PII and kept.
+    bodies: BodyPolicy,
     started: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Why the session ended, when the transport knows better than the relay (DELETE, idle
     /// expiry, shutdown).
@@ -129,6 +143,7 @@ impl SessionRecorder {
             notifier: None,
             identity,
             recorded: std::sync::Arc::new(recorded),
+            bodies: BodyPolicy::default(),
             started: Default::default(),
             end_reason: Default::default(),
         }
@@ -148,6 +163,12 @@ impl SessionRecorder {
     /// Tells `notifier` about every call this session holds.
     pub fn with_notifier(mut self, notifier: Option<std::sync::Arc<dyn HoldNotifier>>) -> Self {
         self.notifier = notifier;
+        self
+    }
+
+    /// Scans and keeps bodies as `bodies` says (the default: every built-in pattern, redacted).
+    pub fn with_bodies(mut self, bodies: BodyPolicy) -> Self {
+        self.bodies = bodies;
         self
     }
 
@@ -194,6 +215,7 @@ impl SessionRecorder {
         let fields = data.as_object_mut().expect("built as an object");
         fields.insert("transport".into(), json!(self.identity.transport));
         fields.insert("upstream".into(), json!(self.identity.upstream));
+        fields.insert("pii".into(), self.bodies.describe());
         let appended = self.ledger.append(self.draft(EventType::SessionStart, data)).await;
         if appended.is_err() {
             // Not recorded, so a later handshake may try again.
@@ -219,7 +241,8 @@ impl SessionRecorder {
 
     /// Records a request before it is forwarded, and decides whether it may be: a `tools/call`
     /// is put to the policy, every other recorded request is forwarded. `request_id` is the
-    /// JSON-RPC id as the sender wrote it. Returns once every event is committed.
+    /// JSON-RPC id as the sender wrote it. Its body is scanned for PII and kept as the
+    /// [`BodyPolicy`] says; findings are recorded with it. Returns once every event is committed.
     pub async fn begin(
         &self,
         direction: Direction,
@@ -237,15 +260,16 @@ impl SessionRecorder {
         } else {
             (EventType::Request, None, params)
         };
-        let payload = Payload::of(input)?;
+        let (body, findings) = self.bodies.record(input, tool.as_deref(), Side::Input)?;
         let mut data = json!({
             "call_id": call_id,
             "request_id": request_id,
             "method": method,
             "direction": direction.as_str(),
-            "input_ref": payload.reference,
-            "input_size": payload.size(),
         });
+        let fields = data.as_object_mut().expect("built as an object");
+        body.describe("input", fields);
+        let policy = self.policy.current();
         let call = OpenCall {
             call_id,
             method: method.to_owned(),
@@ -253,30 +277,93 @@ impl SessionRecorder {
             request_id: request_id.to_owned(),
             started: Instant::now(),
             authorized_by: None,
+            input_ref: body.reference.clone(),
+            input_pii: body.patterns.clone(),
+            arguments: (is_tool_call && policy.has_output_rules()).then(|| Arc::new(input.clone())),
         };
         let judged = if is_tool_call {
-            let judged =
-                self.judge(&call, tool.as_deref().unwrap_or(""), input, &payload.reference).await;
-            judged.describe(data.as_object_mut().expect("built as an object"));
+            let judged = self.judge(&policy, tool.as_deref().unwrap_or(""), input, &call).await;
+            judged.describe(fields, &self.bodies);
             Some(judged)
         } else {
             None
         };
-        let mut draft = self.draft(event_type, data);
-        draft.payloads.push(payload);
-        self.ledger.append(draft).await?;
+        let drafts = self.drafts_with_findings(
+            self.draft(event_type, data),
+            &call,
+            Side::Input,
+            &body,
+            &findings,
+        );
+        self.ledger.append_all(drafts).await?;
         match judged {
             None => Ok(Admission::Forward(call)),
             Some(judged) => self.admit(call, judged, params).await,
         }
     }
 
-    /// Records the response to `call` before it is delivered. Returns once committed.
+    /// `draft` carrying the stored body, followed by a `pii_detected` event if there are
+    /// findings: committed together, so a body is never stored without its findings.
+    fn drafts_with_findings(
+        &self,
+        mut draft: Draft,
+        call: &OpenCall,
+        side: Side,
+        body: &RecordedBody,
+        findings: &[Finding],
+    ) -> Vec<Draft> {
+        draft.payloads.extend(body.stored.clone());
+        let mut drafts = vec![draft];
+        if !findings.is_empty() {
+            let data = bodies::pii_detected_data(call, side, body, findings);
+            drafts.push(self.draft(EventType::PiiDetected, data));
+        }
+        drafts
+    }
+
+    /// Records how `call` ended before anything is delivered. Returns once committed. Output
+    /// rules are not consulted here: responses the agent is about to receive go through
+    /// [`SessionRecorder::complete`].
     pub async fn finish(
         &self,
         call: &OpenCall,
         completion: Completion<'_>,
     ) -> Result<(), RecordError> {
+        let body = self.output_body(call, &completion)?;
+        let draft = self.result_draft(call, &completion, body.as_ref().map(|(b, _)| b), Map::new());
+        let drafts = match &body {
+            Some((body, findings)) => {
+                self.drafts_with_findings(draft, call, Side::Output, body, findings)
+            }
+            None => vec![draft],
+        };
+        self.ledger.append_all(drafts).await?;
+        Ok(())
+    }
+
+    /// The response's body (a result or an error object), scanned and with its storage decided;
+    /// `None` when the call ended without one.
+    fn output_body(
+        &self,
+        call: &OpenCall,
+        completion: &Completion<'_>,
+    ) -> Result<Option<(RecordedBody, Vec<Finding>)>, RecordError> {
+        let value = match completion {
+            Completion::Result(value) | Completion::Error(value) => *value,
+            Completion::NoResponse { .. } | Completion::Refused { .. } => return Ok(None),
+        };
+        Ok(Some(self.bodies.record(value, call.tool.as_deref(), Side::Output)?))
+    }
+
+    /// The `tool_result` or `response` event of `call`. `extra` is added last (and so
+    /// overrides): the output decision, a withheld outcome.
+    fn result_draft(
+        &self,
+        call: &OpenCall,
+        completion: &Completion<'_>,
+        body: Option<&RecordedBody>,
+        extra: Map<String, Value>,
+    ) -> Draft {
         let event_type = if call.tool.is_some() || call.method == "tools/call" {
             EventType::ToolResult
         } else {
@@ -295,40 +382,32 @@ impl SessionRecorder {
         if let Some(authorized_by) = &call.authorized_by {
             fields.insert("authorized_by".into(), json!(authorized_by));
         }
-        let mut payloads = Vec::new();
+        if let Some(body) = body {
+            body.describe("output", fields);
+        }
         match completion {
             Completion::Result(result) => {
                 let is_tool_error = result.get("isError").and_then(Value::as_bool) == Some(true);
                 let outcome = if is_tool_error { "tool_error" } else { "ok" };
-                let body = Payload::of(result)?;
                 fields.insert("outcome".into(), json!(outcome));
-                fields.insert("output_ref".into(), json!(body.reference));
-                fields.insert("output_size".into(), json!(body.size()));
-                payloads.push(body);
             }
             Completion::Error(error) => {
-                let body = Payload::of(error)?;
                 fields.insert("outcome".into(), json!("error"));
-                fields.insert("output_ref".into(), json!(body.reference));
-                fields.insert("output_size".into(), json!(body.size()));
-                fields.insert("error".into(), json!(summarize_error(error)));
-                payloads.push(body);
+                fields.insert("error".into(), json!(self.bodies.scrub(&summarize_error(error))));
             }
             Completion::NoResponse { reason } => {
                 fields.insert("outcome".into(), json!("no_response"));
                 fields.insert("output_ref".into(), Value::Null);
-                fields.insert("error".into(), json!(reason));
+                fields.insert("error".into(), json!(self.bodies.scrub(reason)));
             }
             Completion::Refused { outcome, reason } => {
                 fields.insert("outcome".into(), json!(outcome));
                 fields.insert("output_ref".into(), Value::Null);
-                fields.insert("error".into(), json!(reason));
+                fields.insert("error".into(), json!(self.bodies.scrub(reason)));
             }
         }
-        let mut draft = self.draft(event_type, data);
-        draft.payloads = payloads;
-        self.ledger.append(draft).await?;
-        Ok(())
+        fields.extend(extra);
+        self.draft(event_type, data)
     }
 }
 

@@ -129,3 +129,58 @@ impl Decision {
         })
     }
 }
+
+/// What the agent gets of a result that output rules (`output_contains`) looked at: the outcome
+/// of [`PolicySet::evaluate_result`](super::PolicySet::evaluate_result). Unlike a call, a result
+/// has no default: no matching rule means [`ResultDecision::Deliver`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultDecision {
+    /// Pass the result on as the upstream sent it.
+    Deliver,
+    /// Pass it on with every finding replaced by `[REDACTED:<pattern>]`.
+    Redact { rule: RuleRef },
+    /// Wait for an operator: deliver on approval, withhold on denial or expiry.
+    Hold { rule: RuleRef, reason: Option<String>, approvers: Vec<String>, expires_after: Duration },
+    /// Answer the agent with a tool error instead of the result (the call did run).
+    Withhold { rule: RuleRef, reason: String },
+}
+
+impl ResultDecision {
+    /// The deciding rule's effect; `allow` for a plain delivery.
+    pub fn effect(&self) -> Effect {
+        match self {
+            ResultDecision::Deliver => Effect::Allow,
+            ResultDecision::Redact { .. } => Effect::Redact,
+            ResultDecision::Hold { .. } => Effect::Hold,
+            ResultDecision::Withhold { .. } => Effect::Deny,
+        }
+    }
+
+    pub fn rule(&self) -> Option<&RuleRef> {
+        match self {
+            ResultDecision::Deliver => None,
+            ResultDecision::Redact { rule }
+            | ResultDecision::Hold { rule, .. }
+            | ResultDecision::Withhold { rule, .. } => Some(rule),
+        }
+    }
+
+    /// The decision as the `tool_result` event stores it (`output_decision`).
+    pub fn to_record(&self, digest: &str) -> Value {
+        let (reason, approvers, expires_after) = match self {
+            ResultDecision::Deliver | ResultDecision::Redact { .. } => (None, &[][..], None),
+            ResultDecision::Withhold { reason, .. } => (Some(reason.as_str()), &[][..], None),
+            ResultDecision::Hold { reason, approvers, expires_after, .. } => {
+                (reason.as_deref(), approvers.as_slice(), Some(expires_after.as_secs()))
+            }
+        };
+        json!({
+            "effect": self.effect().as_str(),
+            "rule": self.rule().map(|r| r.name.as_str()),
+            "reason": reason,
+            "policy_digest": digest,
+            "approvers": approvers,
+            "expires_after_secs": expires_after,
+        })
+    }
+}

@@ -1,5 +1,6 @@
 //! Policies: loading `policies/*.toml` into a [`PolicySet`] and evaluating a tool call into a
-//! [`Decision`] — allow, deny or hold, carrying the rule that decided.
+//! [`Decision`] — allow, deny or hold, carrying the rule that decided — and, for rules that look
+//! at what a call returned (`output_contains`), its result into a [`ResultDecision`].
 //!
 //! Pure: apart from reading the files in [`PolicySet::load_dir`], nothing here does I/O, and
 //! nothing knows of tokio, SQL or the wire format. The file format, operators and precedence
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-pub use decision::{BudgetExceeded, Decision};
+pub use decision::{BudgetExceeded, Decision, ResultDecision};
 pub use error::PolicyError;
 pub use operand::parse_duration;
 use rule::Rule;
@@ -40,11 +41,13 @@ pub const DEFAULT_HOLD_EXPIRY: Duration = Duration::from_secs(3600);
 /// Versions the canonical form: a change to it changes every digest on purpose.
 const CANONICAL_FORMAT: &str = "mcp-ledger-policy/1";
 
-/// What a rule or the default decides. Ordered by restrictiveness: `Allow < Hold < Deny`, and
-/// when several rules match, the greatest wins.
+/// What a rule or the default decides. Ordered by restrictiveness: `Allow < Redact < Hold <
+/// Deny`, and when several rules match, the greatest wins. `Redact` is only an output rule's
+/// effect (the agent gets the result with its findings redacted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Effect {
     Allow,
+    Redact,
     Hold,
     Deny,
 }
@@ -53,6 +56,7 @@ impl Effect {
     pub fn as_str(self) -> &'static str {
         match self {
             Effect::Allow => "allow",
+            Effect::Redact => "redact",
             Effect::Hold => "hold",
             Effect::Deny => "deny",
         }
@@ -65,13 +69,22 @@ impl fmt::Display for Effect {
     }
 }
 
+impl Effect {
+    /// A default effect (`[policy] default`, `--default`): `allow`, `hold` or `deny` — the
+    /// effects that can stand for a call no rule matched.
+    pub fn parse_default(text: &str) -> Option<Effect> {
+        text.parse().ok().filter(|e| *e != Effect::Redact)
+    }
+}
+
 impl FromStr for Effect {
     type Err = ();
 
-    /// `allow`, `hold` or `deny`, lower-case as in the files.
+    /// `allow`, `redact`, `hold` or `deny`, lower-case as in the files.
     fn from_str(s: &str) -> Result<Self, ()> {
         match s {
             "allow" => Ok(Effect::Allow),
+            "redact" => Ok(Effect::Redact),
             "hold" => Ok(Effect::Hold),
             "deny" => Ok(Effect::Deny),
             _ => Err(()),
@@ -98,6 +111,9 @@ pub struct CallContext<'a> {
     /// Credits the agent has spent today. Needed only when the agent has a budget
     /// ([`PolicySet::budget_for`]); if it has one and this is `None`, the call is denied.
     pub spent_today: Option<f64>,
+    /// The PII patterns found in the arguments (each name once or more; empty when the
+    /// proxy does not scan), for rules with `input_contains`.
+    pub input_pii: &'a [String],
 }
 
 /// A daily budget: the `[budgets]` key that applies (an agent's name or `*`) and its limit.
@@ -268,7 +284,8 @@ impl PolicySet {
     /// Then a call that is not denied is checked against the agent's budget.
     pub fn evaluate(&self, call: &CallContext<'_>) -> Decision {
         let mut winner: Option<&Rule> = None;
-        for rule in self.rules.iter().filter(|r| r.matches(call)) {
+        let call_rules = self.rules.iter().filter(|r| !r.is_output_rule());
+        for rule in call_rules.filter(|r| r.matches(call)) {
             if winner.is_none_or(|w| rule.effect > w.effect) {
                 winner = Some(rule);
                 if rule.effect == Effect::Deny {
@@ -286,9 +303,85 @@ impl PolicySet {
         }
     }
 
+    /// Whether any rule decides results (`output_contains`): only then is a result worth
+    /// putting to [`PolicySet::evaluate_result`].
+    pub fn has_output_rules(&self) -> bool {
+        self.rules.iter().any(Rule::is_output_rule)
+    }
+
+    /// Checks that every PII pattern the rules name is one the proxy detects (`known`; empty
+    /// when it does not scan), so that a misspelt pattern cannot leave a rule silently inert.
+    pub fn check_pii_patterns(&self, known: &[String]) -> Result<(), PolicyError> {
+        let mut problems = Vec::new();
+        for rule in &self.rules {
+            let mut problem = |message: String| {
+                problems.push(PolicyError::Invalid {
+                    file: rule.at.file.clone(),
+                    line: rule.at.line,
+                    column: rule.column,
+                    message: format!("rule `{}`: {message}", rule.at.name),
+                });
+            };
+            let lists = [
+                ("input_contains", &rule.input_contains),
+                ("output_contains", &rule.output_contains),
+            ];
+            for (key, list) in lists {
+                let Some(list) = list else { continue };
+                if known.is_empty() {
+                    problem(format!(
+                        "`{key}` looks for PII, but PII scanning is off (`[audit] scan_pii = false`)"
+                    ));
+                    continue;
+                }
+                for name in list.iter().filter(|n| *n != "*" && !known.contains(n)) {
+                    problem(format!(
+                        "`{key}` names `{name}`, which is not a PII pattern this proxy detects ({})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(PolicyError::from_list(problems)) }
+    }
+
+    /// Decides what the agent gets of a call's result that carries the PII patterns
+    /// `output_pii`. Only output rules (`output_contains`) take part; the most restrictive
+    /// matching one wins (deny > hold > redact), the first in load order among equals. No match
+    /// (or no findings): the result is delivered as it is. There is no default for results.
+    pub fn evaluate_result(&self, call: &CallContext<'_>, output_pii: &[String]) -> ResultDecision {
+        let mut winner: Option<&Rule> = None;
+        for rule in self.rules.iter().filter(|r| r.matches_result(call, output_pii)) {
+            if winner.is_none_or(|w| rule.effect > w.effect) {
+                winner = Some(rule);
+            }
+        }
+        let Some(rule) = winner else { return ResultDecision::Deliver };
+        let at = rule.at.clone();
+        match rule.effect {
+            Effect::Deny => ResultDecision::Withhold {
+                reason: rule.reason.clone().unwrap_or_else(|| {
+                    format!("the result was withheld by policy rule `{}`", at.name)
+                }),
+                rule: at,
+            },
+            Effect::Hold => ResultDecision::Hold {
+                rule: at,
+                reason: rule.reason.clone(),
+                approvers: rule.approvers.clone(),
+                expires_after: rule.expires_after.unwrap_or(DEFAULT_HOLD_EXPIRY),
+            },
+            // The parser admits only deny, hold and redact on output rules.
+            Effect::Redact | Effect::Allow => ResultDecision::Redact { rule: at },
+        }
+    }
+
     fn default_decision(&self) -> Decision {
         match self.default {
-            Effect::Allow => Decision::Allow { rule: None, cost: 0.0, target: None },
+            // The configuration admits only allow, hold and deny as the default.
+            Effect::Allow | Effect::Redact => {
+                Decision::Allow { rule: None, cost: 0.0, target: None }
+            }
             Effect::Deny => Decision::Deny {
                 rule: None,
                 reason: "no policy rule allows this call (the default is deny)".to_owned(),
@@ -345,7 +438,8 @@ fn decide(rule: &Rule, arguments: &Value) -> Decision {
     let at = Some(rule.at.clone());
     let target = rule.target.as_deref().and_then(|pointer| rule::target_of(arguments, pointer));
     match rule.effect {
-        Effect::Allow => Decision::Allow { rule: at, cost: rule.cost, target },
+        // Call rules are never `redact` (the parser admits it only with `output_contains`).
+        Effect::Allow | Effect::Redact => Decision::Allow { rule: at, cost: rule.cost, target },
         Effect::Deny => Decision::Deny {
             rule: at,
             reason: rule

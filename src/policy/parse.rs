@@ -36,6 +36,8 @@ struct RawRule {
     target: Option<Spanned<String>>,
     approvers: Option<Spanned<Vec<Spanned<String>>>>,
     expires_after: Option<Spanned<String>>,
+    input_contains: Option<Spanned<toml::Value>>,
+    output_contains: Option<Spanned<toml::Value>>,
 }
 
 /// A budget entry as written, with where, for duplicate checks across files.
@@ -78,6 +80,28 @@ pub(super) fn parse_file(file: &Path, text: &str) -> ParsedFile {
         }
     }
     parsed
+}
+
+/// `"pattern"` or `["pattern", …]` of PII pattern names, or `"*"` for any pattern. Whether the
+/// names are patterns the proxy detects is checked where the scanner is known.
+fn pii_names(value: &toml::Value) -> Result<Vec<String>, String> {
+    const SHAPE: &str = "must be a PII pattern name (such as \"email\"), a list of them, or \"*\"";
+    let names: Vec<String> = match value {
+        toml::Value::String(name) => vec![name.clone()],
+        toml::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned).ok_or(()))
+            .collect::<Result<_, _>>()
+            .map_err(|()| SHAPE.to_owned())?,
+        toml::Value::Array(_) => return Err("must list at least one PII pattern".to_owned()),
+        _ => return Err(SHAPE.to_owned()),
+    };
+    match names.iter().find(|n| *n != "*" && !is_valid_name(n)) {
+        Some(bad) => {
+            Err(format!("names `{}`, which is not a PII pattern name", bad.escape_debug()))
+        }
+        None => Ok(names),
+    }
 }
 
 /// Rule names appear in `authorized_by` (`policy:<name>@<digest>`), so they keep to a set of
@@ -137,12 +161,56 @@ impl Source<'_> {
             problem(
                 raw.effect.span(),
                 format!(
-                    "unknown effect `{}`; use \"allow\", \"deny\" or \"hold\"",
+                    "unknown effect `{}`; use \"allow\", \"deny\", \"hold\" or (with \
+                     `output_contains`) \"redact\"",
                     raw.effect.get_ref().escape_debug()
                 ),
             );
         }
         let not_hold = effect.is_some_and(|e| e != Effect::Hold);
+        let mut pii_list = |key: &str, value: Option<Spanned<toml::Value>>| {
+            let value = value?;
+            match pii_names(value.get_ref()) {
+                Ok(names) => Some(names),
+                Err(message) => {
+                    problem(value.span(), format!("`{key}` {message}"));
+                    None
+                }
+            }
+        };
+        let input_contains = pii_list("input_contains", raw.input_contains.clone());
+        let output_contains = pii_list("output_contains", raw.output_contains.clone());
+        match (&raw.output_contains, effect) {
+            (Some(value), Some(Effect::Allow)) => problem(
+                value.span(),
+                "a rule with `output_contains` decides what the agent gets of a result: its \
+                 effect is \"deny\", \"hold\" or \"redact\", not \"allow\""
+                    .to_owned(),
+            ),
+            (None, Some(Effect::Redact)) => problem(
+                raw.effect.span(),
+                "\"redact\" applies to results: give the rule `output_contains`, the PII \
+                 patterns to redact from what the agent receives"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        if raw.output_contains.is_some() {
+            for (key, span) in [
+                ("cost", raw.cost.as_ref().map(Spanned::span)),
+                ("target", raw.target.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    problem(
+                        span,
+                        format!(
+                            "`{key}` belongs to the call, not to a rule on its result \
+                             (`output_contains`)"
+                        ),
+                    );
+                }
+            }
+        }
         let mut globs = |key: &str, value: Option<Spanned<toml::Value>>| match value {
             None => vec![Glob("*".to_owned())],
             Some(value) => patterns(value.get_ref()).unwrap_or_else(|message| {
@@ -230,6 +298,8 @@ impl Source<'_> {
             target,
             approvers,
             expires_after,
+            input_contains,
+            output_contains,
         })
     }
 

@@ -25,21 +25,38 @@ pub(super) struct Rule {
     pub target: Option<String>,
     pub approvers: Vec<String>,
     pub expires_after: Option<Duration>,
+    /// PII pattern names (or `*`) of which the arguments must carry at least one.
+    pub input_contains: Option<Vec<String>>,
+    /// Makes this an output rule, decided on the result: PII pattern names (or `*`) of which
+    /// the result must carry at least one.
+    pub output_contains: Option<Vec<String>>,
 }
 
 impl Rule {
+    /// Whether this rule decides results rather than calls.
+    pub fn is_output_rule(&self) -> bool {
+        self.output_contains.is_some()
+    }
+
     pub fn matches(&self, call: &CallContext<'_>) -> bool {
         any_matches(&self.agent, call.agent)
             && any_matches(&self.server, call.server)
             && any_matches(&self.tool, call.tool)
             && self.when.iter().all(|p| p.holds(call.arguments))
+            && self.input_contains.as_deref().is_none_or(|wanted| carries(wanted, call.input_pii))
+    }
+
+    /// Whether this output rule applies to a result carrying the patterns `output_pii`.
+    pub fn matches_result(&self, call: &CallContext<'_>, output_pii: &[String]) -> bool {
+        self.output_contains.as_deref().is_some_and(|wanted| carries(wanted, output_pii))
+            && self.matches(call)
     }
 
     /// Everything that changes what the rule decides, and nothing else: no file, line or
     /// comment, so reformatting a file or moving a rule keeps the digest.
     pub fn canonical(&self) -> Value {
         let globs = |globs: &[Glob]| globs.iter().map(|g| g.0.clone()).collect::<Vec<_>>();
-        json!({
+        let mut canonical = json!({
             "name": self.at.name,
             "effect": self.effect.as_str(),
             "agent": globs(&self.agent),
@@ -51,8 +68,23 @@ impl Rule {
             "target": self.target,
             "approvers": self.approvers,
             "expires_after_secs": self.expires_after.map(|d| d.as_secs()),
-        })
+        });
+        // Only when set, so that the digests of rules written before these keys existed stay.
+        let fields = canonical.as_object_mut().expect("built as an object");
+        for (key, list) in
+            [("input_contains", &self.input_contains), ("output_contains", &self.output_contains)]
+        {
+            if let Some(list) = list {
+                fields.insert(key.to_owned(), json!(list));
+            }
+        }
+        canonical
     }
+}
+
+/// Whether the patterns `found` include one of `wanted` (`*`: any pattern at all).
+fn carries(wanted: &[String], found: &[String]) -> bool {
+    wanted.iter().any(|w| if w == "*" { !found.is_empty() } else { found.contains(w) })
 }
 
 fn any_matches(globs: &[Glob], text: &str) -> bool {

@@ -5,6 +5,7 @@
 mod decisions;
 mod errors;
 mod examples;
+mod pii;
 
 use serde_json::json;
 
@@ -23,7 +24,14 @@ fn load_with(default: Effect, text: &str) -> PolicySet {
 }
 
 fn call<'a>(tool: &'a str, arguments: &'a Value) -> CallContext<'a> {
-    CallContext { agent: "support-bot", server: "customer-ops", tool, arguments, spent_today: None }
+    CallContext {
+        agent: "support-bot",
+        server: "customer-ops",
+        tool,
+        arguments,
+        spent_today: None,
+        input_pii: &[],
+    }
 }
 
 /// The name of the rule that decided, or `-` for the default.
@@ -79,7 +87,14 @@ fn agent_server_and_tool_patterns_all_have_to_match() {
     );
     let args = json!({});
     let with = |agent, server, tool| {
-        let call = CallContext { agent, server, tool, arguments: &args, spent_today: None };
+        let call = CallContext {
+            agent,
+            server,
+            tool,
+            arguments: &args,
+            spent_today: None,
+            input_pii: &[],
+        };
         set.evaluate(&call).effect()
     };
     assert_eq!(with("support-bot", "customer-ops", "issue_refund"), Effect::Deny);

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use super::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
 use crate::intercept::{
-    Admission, Completion, Direction, HoldOutcome, OpenCall, PendingHold, SessionRecorder,
+    Admission, Completion, Delivery, Direction, HoldOutcome, OpenCall, PendingHold,
+    PendingResultHold, SessionRecorder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -479,8 +480,18 @@ fn plan_message(
                         (None, Some(error)) => Completion::Error(error),
                         (None, None) => unreachable!("a response has a result or an error"),
                     };
-                    match shared.recorder.finish(&call, completion).await {
-                        Ok(()) => Outcome::forward(raw),
+                    match shared.recorder.complete(&call, completion).await {
+                        Ok(Delivery::AsIs) => Outcome::forward(raw),
+                        Ok(Delivery::Replace(result)) => Outcome::forward(result_response(&id, &result)),
+                        Ok(Delivery::Nothing) => Outcome::default(),
+                        Ok(Delivery::Hold(hold)) => {
+                            // Like a held call, a held result waits aside; the agent may
+                            // cancel it in the meantime.
+                            let cancel = CancellationToken::new();
+                            shared.held.lock().expect("lock").insert(id_key(&id), cancel.clone());
+                            tokio::spawn(await_result_hold(Arc::downgrade(&shared), *hold, id, raw, cancel));
+                            Outcome::default()
+                        }
                         Err(error) => {
                             tracing::error!(%error, call_id = %call.call_id, "withholding an unrecorded response");
                             Outcome::forward(error_response(
@@ -578,6 +589,37 @@ async fn await_hold(
                 &id,
                 LEDGER_UNAVAILABLE,
                 "mcp-ledger could not record the outcome of this held call, so it was not forwarded",
+                "ledger_unavailable",
+            )
+        }
+    };
+    if let Some(to_agent) = shared.to_agent.upgrade() {
+        let _ = to_agent.send(answer).await;
+    }
+}
+
+/// Waits out a held result: delivers it (or what replaces it) once an operator decides.
+async fn await_result_hold(
+    shared: std::sync::Weak<Shared>,
+    hold: PendingResultHold,
+    id: Box<RawValue>,
+    raw: Vec<u8>,
+    cancel: CancellationToken,
+) {
+    let Some(recorder) = shared.upgrade().map(|s| s.recorder.clone()) else { return };
+    let outcome = recorder.resolve_result_hold(hold, cancel).await;
+    let Some(shared) = shared.upgrade() else { return };
+    shared.held.lock().expect("lock").remove(&id_key(&id));
+    let answer = match outcome {
+        Ok(Delivery::AsIs) => raw,
+        Ok(Delivery::Replace(result)) => result_response(&id, &result),
+        Ok(Delivery::Nothing | Delivery::Hold(_)) => return,
+        Err(error) => {
+            tracing::error!(%error, "cannot record how a held result ended; withholding it");
+            error_response(
+                &id,
+                LEDGER_UNAVAILABLE,
+                "mcp-ledger could not record the outcome of this held result, so it was withheld",
                 "ledger_unavailable",
             )
         }

@@ -29,6 +29,12 @@ pub enum EventType {
     Correction,
     /// Records that the events up to `data.up_to_seq` are about to be removed by retention.
     RetentionCut,
+    /// PII or secrets found in a body that crossed the boundary: pattern names and JSON
+    /// pointers, never the values.
+    PiiDetected,
+    /// A payload body is about to be deleted (an erasure request, or payload retention); the
+    /// events that reference it stay and still verify.
+    Erasure,
 }
 
 impl EventType {
@@ -46,6 +52,8 @@ impl EventType {
             EventType::ApprovalNotice => "approval_notice",
             EventType::Correction => "correction",
             EventType::RetentionCut => "retention_cut",
+            EventType::PiiDetected => "pii_detected",
+            EventType::Erasure => "erasure",
         }
     }
 }

@@ -4,11 +4,13 @@
 //! **Invariant:** nothing in here touches tokio, sqlx or the file system, so the verifier an auditor
 //! trusts is the same code the tests and fuzzers exercise.
 
+mod body;
 mod canonical;
 pub mod checkpoint;
 mod event;
 pub mod merkle;
 pub mod verify;
 
+pub use body::{RecordedBody, Storage, pii_patterns, stored_body_ref};
 pub use canonical::{CanonicalError, canonical_bytes, payload_ref, sha256_hex};
 pub use event::{Draft, Event, EventType, GENESIS_PREV_HASH, Payload, format_timestamp};

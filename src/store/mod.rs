@@ -167,6 +167,20 @@ pub trait Store: Send + Sync + 'static {
         Ok(cuts.into_iter().filter(|e| chain_id.is_none_or(|c| e.chain_id == c)).collect())
     }
 
+    /// The payload bodies stored no later than `older_than` that no event newer than
+    /// `older_than` references: what payload retention erases.
+    async fn erasable_payloads(&self, older_than: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes the payload bodies stored under `references`; returns how many were deleted.
+    /// Events are untouched: they hash references, not bodies. In Postgres the database allows
+    /// it only for a reference an `erasure` event already names, or with `retention` (owner
+    /// only); old copies are also flushed out of SQLite's write-ahead log.
+    async fn erase_payloads(
+        &self,
+        references: &[String],
+        retention: bool,
+    ) -> Result<u64, StoreError>;
+
     /// Retention, the one privileged removal: in one transaction, records the cut (which must
     /// name `cut_event_id`, a later `retention_cut` event of the chain), removes the events of
     /// `chain_id` with `seq <= up_to_seq`, and removes the payload bodies stored no later than

@@ -38,6 +38,25 @@ macro_rules! select_events {
     };
 }
 
+/// SQL that holds when the event aliased `$e` references the payload row `p`: every key under
+/// which an event names a body (`docs/ledger-format.md`).
+macro_rules! references_body {
+    ($e:literal) => {
+        concat!(
+            $e,
+            ".data ->> 'input_ref' = p.reference OR ",
+            $e,
+            ".data ->> 'output_ref' = p.reference OR ",
+            $e,
+            ".data ->> 'input_stored_ref' = p.reference OR ",
+            $e,
+            ".data ->> 'output_stored_ref' = p.reference OR ",
+            $e,
+            ".data ->> 'arguments_ref' = p.reference"
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
 /// Postgres allows 65,535 bound parameters per statement; events have 11 columns a row.
@@ -494,6 +513,18 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    async fn erasable_payloads(&self, older_than: &str) -> Result<Vec<String>, StoreError> {
+        self.erasable(older_than).await
+    }
+
+    async fn erase_payloads(
+        &self,
+        references: &[String],
+        retention: bool,
+    ) -> Result<u64, StoreError> {
+        self.erase(references, retention).await
+    }
+
     async fn apply_retention(
         &self,
         chain_id: &str,
@@ -518,19 +549,47 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let payloads = sqlx::query(
+        let payloads = sqlx::query(concat!(
             "DELETE FROM mcp_ledger.payloads p WHERE p.created_at <= $1::timestamptz \
-             AND NOT EXISTS (SELECT 1 FROM mcp_ledger.events e \
-              WHERE e.data ->> 'input_ref' = p.reference \
-                 OR e.data ->> 'output_ref' = p.reference \
-                 OR e.data ->> 'arguments_ref' = p.reference)",
-        )
+             AND NOT EXISTS (SELECT 1 FROM mcp_ledger.events e WHERE ",
+            references_body!("e"),
+            ")"
+        ))
         .bind(payloads_until)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         tx.commit().await?;
         Ok(super::RetentionRemoved { events, payloads })
+    }
+}
+
+impl PostgresStore {
+    async fn erasable(&self, older_than: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT p.reference FROM mcp_ledger.payloads p WHERE p.created_at <= $1::timestamptz \
+             AND NOT EXISTS (SELECT 1 FROM mcp_ledger.events e \
+              WHERE e.\"timestamp\" > $1 AND (",
+            references_body!("e"),
+            ")) ORDER BY p.reference"
+        ))
+        .bind(older_than)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn erase(&self, references: &[String], retention: bool) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if retention {
+            sqlx::query("SET LOCAL mcp_ledger.retention = 'on'").execute(&mut *tx).await?;
+        }
+        let erased = sqlx::query("DELETE FROM mcp_ledger.payloads WHERE reference = ANY($1)")
+            .bind(references)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(erased)
     }
 }
 

@@ -31,6 +31,16 @@ macro_rules! select_events {
     };
 }
 
+/// SQL that holds when the event aliased `e` references the payload row (`payloads.reference`):
+/// every key under which an event names a body (`docs/ledger-format.md`).
+macro_rules! references_body {
+    () => {
+        "payloads.reference IN (json_extract(e.data, '$.input_ref'), \
+         json_extract(e.data, '$.output_ref'), json_extract(e.data, '$.input_stored_ref'), \
+         json_extract(e.data, '$.output_stored_ref'), json_extract(e.data, '$.arguments_ref'))"
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 /// SQLite allows 32,766 bound parameters per statement; 11 columns a row.
@@ -52,6 +62,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit the proxy acted on survives power loss, not just a process crash.
             .synchronous(SqliteSynchronous::Full)
+            // Deleted payload bodies (erasure, retention) are overwritten, not just unlinked.
+            .pragma("secure_delete", "ON")
             .busy_timeout(options.lock_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -347,6 +359,40 @@ impl Store for SqliteStore {
         .collect()
     }
 
+    async fn erasable_payloads(&self, older_than: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT reference FROM payloads WHERE created_at <= ?1 AND NOT EXISTS \
+             (SELECT 1 FROM events e WHERE e.timestamp > ?1 AND (",
+            references_body!(),
+            ")) ORDER BY reference"
+        ))
+        .bind(older_than)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn erase_payloads(
+        &self,
+        references: &[String],
+        _retention: bool,
+    ) -> Result<u64, StoreError> {
+        let mut erased = 0;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for reference in references {
+            erased += sqlx::query("DELETE FROM payloads WHERE reference = ?")
+                .bind(reference)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        // `secure_delete` zeroed the bodies in the pages this wrote; moving every page back
+        // into the database file and truncating the write-ahead log drops the older copies
+        // of those pages that the log still held.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        Ok(erased)
+    }
+
     async fn apply_retention(
         &self,
         chain_id: &str,
@@ -374,15 +420,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let payloads = sqlx::query(
-            "DELETE FROM payloads WHERE created_at <= ? AND reference NOT IN ( \
-             SELECT json_extract(data, '$.input_ref') FROM events \
-              WHERE json_extract(data, '$.input_ref') IS NOT NULL \
-             UNION SELECT json_extract(data, '$.output_ref') FROM events \
-              WHERE json_extract(data, '$.output_ref') IS NOT NULL \
-             UNION SELECT json_extract(data, '$.arguments_ref') FROM events \
-              WHERE json_extract(data, '$.arguments_ref') IS NOT NULL)",
-        )
+        let payloads = sqlx::query(concat!(
+            "DELETE FROM payloads WHERE created_at <= ? AND NOT EXISTS (SELECT 1 FROM events e WHERE ",
+            references_body!(),
+            ")"
+        ))
         .bind(payloads_until)
         .execute(&mut *tx)
         .await?

@@ -27,9 +27,10 @@ pub enum AppendError {
     Stopped,
 }
 
+/// Drafts that commit together (in one transaction, next to each other in the chain).
 struct Job {
-    draft: Draft,
-    committed: oneshot::Sender<Result<Event, AppendError>>,
+    drafts: Vec<Draft>,
+    committed: oneshot::Sender<Result<Vec<Event>, AppendError>>,
 }
 
 /// A handle to the writer task. Cheap to clone; the task ends when every handle is dropped and
@@ -54,8 +55,18 @@ impl Ledger {
 
     /// Appends `draft` and returns the event once it is durably committed.
     pub async fn append(&self, draft: Draft) -> Result<Event, AppendError> {
+        let mut events = self.append_all(vec![draft]).await?;
+        Ok(events.pop().expect("one draft makes one event"))
+    }
+
+    /// Appends `drafts` in one transaction, consecutively and in order, and returns the events
+    /// once they are durably committed: all of them or none.
+    pub async fn append_all(&self, drafts: Vec<Draft>) -> Result<Vec<Event>, AppendError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
         let (committed, wait) = oneshot::channel();
-        self.jobs.send(Job { draft, committed }).await.map_err(|_| AppendError::Stopped)?;
+        self.jobs.send(Job { drafts, committed }).await.map_err(|_| AppendError::Stopped)?;
         wait.await.map_err(|_| AppendError::Stopped)?
     }
 }
@@ -68,23 +79,28 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (drafts, waiters): (Vec<Draft>, Vec<_>) =
-            batch.drain(..).map(|job| (job.draft, job.committed)).unzip();
+        let mut drafts = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            waiters.push((job.drafts.len(), job.committed));
+            drafts.extend(job.drafts);
+        }
         let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
             .await
             .unwrap_or(Err(StoreError::Timeout(commit_timeout)));
         match outcome {
             Ok(events) => {
                 tracing::debug!(batch = events.len(), "ledger batch committed");
-                for (waiter, event) in waiters.into_iter().zip(events) {
-                    // A waiter that gave up is fine: the event is committed either way.
-                    let _ = waiter.send(Ok(event));
+                let mut events = events.into_iter();
+                for (count, waiter) in waiters {
+                    // A waiter that gave up is fine: the events are committed either way.
+                    let _ = waiter.send(Ok(events.by_ref().take(count).collect()));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, batch = drafts.len(), "ledger append failed; failing the batch closed");
                 let error = AppendError::Store(Arc::new(error));
-                for waiter in waiters {
+                for (_, waiter) in waiters {
                     let _ = waiter.send(Err(error.clone()));
                 }
             }

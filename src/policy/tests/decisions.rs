@@ -30,7 +30,14 @@ fn budget_set() -> PolicySet {
 
 fn spending(set: &PolicySet, agent: &str, tool: &str, spent: Option<f64>) -> Decision {
     let args = json!({});
-    set.evaluate(&CallContext { agent, server: "s", tool, arguments: &args, spent_today: spent })
+    set.evaluate(&CallContext {
+        agent,
+        server: "s",
+        tool,
+        arguments: &args,
+        spent_today: spent,
+        input_pii: &[],
+    })
 }
 
 #[test]

@@ -35,7 +35,7 @@ fn toml_syntax_and_shape_errors_are_placed() {
     assert_eq!(
         problems("[[rule]]\nname = \"r\"\nefect = \"deny\"\n"),
         [
-            "policies/test.toml:3:1: unknown field `efect`, expected one of `name`, `effect`, `agent`, `server`, `tool`, `when`, `reason`, `cost`, `target`, `approvers`, `expires_after`"
+            "policies/test.toml:3:1: unknown field `efect`, expected one of `name`, `effect`, `agent`, `server`, `tool`, `when`, `reason`, `cost`, `target`, `approvers`, `expires_after`, `input_contains`, `output_contains`"
         ]
     );
     assert_eq!(
@@ -77,7 +77,7 @@ fn names_and_effects_are_checked() {
     );
     assert_eq!(
         rule_problem("permit", ""),
-        "policies/test.toml:3:10: rule `r`: unknown effect `permit`; use \"allow\", \"deny\" or \"hold\""
+        "policies/test.toml:3:10: rule `r`: unknown effect `permit`; use \"allow\", \"deny\", \"hold\" or (with `output_contains`) \"redact\""
     );
     // Nothing is reported that only follows from the unknown effect.
     let problem = rule_problem("holdd", "approvers = [\"alice\"]\nexpires_after = \"1h\"");

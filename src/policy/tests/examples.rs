@@ -14,6 +14,7 @@ fn decide(set: &PolicySet, tool: &str, arguments: Value, spent: f64) -> (Effect,
         tool,
         arguments: &arguments,
         spent_today: Some(spent),
+        input_pii: &[],
     };
     decided_by(set, &call)
 }

@@ -41,8 +41,8 @@ use super::relay::{RelayOptions, relay_with};
 use super::shared_upstream::SharedUpstream;
 use super::upstream::{self, UpstreamSpec};
 use crate::intercept::{
-    AuthFailure, HoldNotifier, RecordedMethods, SessionIdentity, SessionRecorder, SharedPolicy,
-    record_auth_failure,
+    AuthFailure, BodyPolicy, HoldNotifier, RecordedMethods, SessionIdentity, SessionRecorder,
+    SharedPolicy, record_auth_failure,
 };
 use crate::store::Store;
 use crate::store::writer::Ledger;
@@ -61,6 +61,8 @@ pub struct Endpoint {
     pub call_timeout: Option<Duration>,
     /// One upstream connection for every session, instead of one each.
     pub shared: bool,
+    /// How bodies are scanned for PII and kept.
+    pub bodies: BodyPolicy,
 }
 
 /// Everything `serve` needs, already validated and with secrets resolved.
@@ -179,7 +181,8 @@ impl HttpProxy {
         let recorder =
             SessionRecorder::new(self.ledger.clone(), identity, endpoint.recorded.clone())
                 .with_policy(self.settings.policy.clone(), self.settings.store.clone())
-                .with_notifier(self.settings.notifier.clone());
+                .with_notifier(self.settings.notifier.clone())
+                .with_bodies(endpoint.bodies.clone());
         let (to_relay, from_agent) = mpsc::channel(256);
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
         let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
