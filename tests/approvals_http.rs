@@ -161,7 +161,14 @@ async fn a_call_held_and_denied_through_the_api_never_runs() {
     let held = s.pending("send_email").await;
     assert_eq!(held["agent"], json!(s.agent.name));
     assert_eq!(held["server"], DEMO);
-    assert_eq!(held["arguments"], outside_email(), "the operator sees the arguments");
+    // Kept redacted by default: the operator sees every argument but the address itself.
+    let mut shown = outside_email();
+    shown["to"] = json!("[REDACTED:email]");
+    assert_eq!(
+        held["arguments"], shown,
+        "the operator sees the arguments as the ledger keeps them"
+    );
+    assert_eq!(held["arguments_redacted"], true);
     assert_eq!(held["rule"], "hold-outside-email");
     assert_eq!(held["approvers"], json!(["alice"]));
     assert_eq!(held["may_decide"], true);

@@ -41,6 +41,7 @@ both_stores!(
     migrations_are_idempotent,
     two_stores_on_one_ledger_keep_one_chain,
     spent_today_counts_what_ran_or_waits,
+    payload_retention_erases_only_bodies_nothing_recent_references,
 );
 
 fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
@@ -316,5 +317,48 @@ async fn spent_today_counts_what_ran_or_waits(ledger: TestLedger) {
     assert_eq!(store.spent_today("a").await.unwrap(), 3.5);
     assert_eq!(store.spent_today("b").await.unwrap(), 16.0);
     assert_eq!(store.spent_today("nobody").await.unwrap(), 0.0);
+    store.close().await;
+}
+
+/// Payload retention: a body is erasable once it was stored before the cutoff and no event
+/// after the cutoff references it, under any key (a redacted copy's `*_stored_ref` included).
+async fn payload_retention_erases_only_bodies_nothing_recent_references(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let old = Payload::of(&json!({"old": true})).unwrap();
+    let redacted = Payload::of(&json!({"to": "[REDACTED:email]"})).unwrap();
+    let mut first =
+        Draft::new(EventType::ToolCall, json!({"call_id": "c1", "input_ref": old.reference}));
+    first.payloads.push(old.clone());
+    let mut second = Draft::new(
+        EventType::ToolCall,
+        json!({"call_id": "c2", "input_ref": "sha256:original", "input_stored": "redacted",
+               "input_stored_ref": redacted.reference}),
+    );
+    second.payloads.push(redacted.clone());
+    store.append(DEFAULT_CHAIN, &[first]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let between = mcp_ledger::record::format_timestamp(time::OffsetDateTime::now_utc());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.append(DEFAULT_CHAIN, &[second]).await.unwrap();
+
+    // Nothing was stored before a cutoff in the past.
+    assert!(store.erasable_payloads("2000-01-01T00:00:00.000000Z").await.unwrap().is_empty());
+    // Only the first call's body was stored before `between`, and nothing later references it.
+    assert_eq!(store.erasable_payloads(&between).await.unwrap(), [old.reference.clone()]);
+    let future = mcp_ledger::record::format_timestamp(
+        time::OffsetDateTime::now_utc() + time::Duration::days(1),
+    );
+    let mut erasable = store.erasable_payloads(&future).await.unwrap();
+    erasable.sort();
+    let mut expected = vec![old.reference.clone(), redacted.reference.clone()];
+    expected.sort();
+    assert_eq!(erasable, expected, "nothing after a cutoff in the future references them");
+
+    let erased = store.erase_payloads(&[old.reference.clone()], true).await.unwrap();
+    assert_eq!(erased, 1);
+    assert!(store.payload(&old.reference).await.unwrap().is_none());
+    assert!(store.payload(&redacted.reference).await.unwrap().is_some());
+    let events = all_events(&store).await;
+    assert!(verify_all(&events).intact(), "bodies are not hashed into the chain");
     store.close().await;
 }

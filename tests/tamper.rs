@@ -157,7 +157,7 @@ async fn a_duplicated_seq_is_named_as_inserted(ledger: TestLedger) {
          ALTER TABLE mcp_ledger.events DROP CONSTRAINT events_event_id_key;"
             .to_owned()
     } else {
-        "CREATE TABLE events_copy AS SELECT * FROM events; DROP VIEW agent_costs; DROP VIEW provenance; \
+        "CREATE TABLE events_copy AS SELECT * FROM events; DROP VIEW agent_costs; DROP VIEW provenance; DROP VIEW pii_findings; \
          DROP TABLE events; \
          ALTER TABLE events_copy RENAME TO events;"
             .to_owned()

@@ -67,7 +67,10 @@ pub async fn run(args: PolicyArgs) -> Result<u8, CliError> {
 
 fn check(args: &CheckArgs) -> Result<u8, CliError> {
     let audit = match &args.config {
-        Some(path) => super::configured::load(path)?.audit,
+        // Only `[audit]` is needed: the file's secrets are not resolved.
+        Some(path) => {
+            crate::config::Config::load(path).map_err(|e| CliError::Usage(e.into()))?.audit
+        }
         None => crate::config::AuditConfig::default(),
     };
     let patterns: Vec<String> = super::configured::scanner(&audit)?

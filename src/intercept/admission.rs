@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{BodyPolicy, Completion, OpenCall, RecordError, SessionRecorder};
+use super::{BodyPolicy, Completion, OpenCall, RecordError, SessionRecorder, Side};
 use crate::approval::{self, DecisionRecord, HoldRequest, Verdict};
 use crate::policy::{CallContext, Decision, PolicySet};
 use crate::record::EventType;
@@ -80,9 +80,10 @@ pub(super) struct Judged {
 
 impl Judged {
     /// Adds the decision's fields to the `tool_call` event's data. The target is an argument's
-    /// value, so it is scrubbed of PII like any free text in an event.
+    /// value, so it is scrubbed of PII unless the arguments are kept in full.
     pub(super) fn describe(&self, fields: &mut Map<String, Value>, bodies: &BodyPolicy) {
-        let target = self.decision.target().map(|t| bodies.scrub(t));
+        let target =
+            self.decision.target().map(|t| bodies.scrub_for(Some(&self.tool), Side::Input, t));
         let mut decision = self.decision.to_record(&self.digest);
         decision["target"] = json!(target);
         fields.insert("tool".into(), json!(self.tool));

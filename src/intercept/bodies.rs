@@ -185,6 +185,16 @@ impl BodyPolicy {
         Ok((body, findings))
     }
 
+    /// `text` as an event may record it when it comes from a body of `tool` on `side` (a
+    /// policy target, an error message): as it is where that body is kept in full, else with
+    /// every finding replaced — the ledger keeps values only where it was asked to.
+    pub fn scrub_for(&self, tool: Option<&str>, side: Side, text: &str) -> String {
+        if self.storage_for(tool, side) == Storage::Full {
+            return text.to_owned();
+        }
+        self.scrub(text)
+    }
+
     /// `text` with every finding replaced, for free text recorded in an event's data.
     pub fn scrub(&self, text: &str) -> String {
         match &self.scanner {

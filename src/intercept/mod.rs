@@ -355,6 +355,11 @@ impl SessionRecorder {
         Ok(Some(self.bodies.record(value, call.tool.as_deref(), Side::Output)?))
     }
 
+    /// Free text about `call`'s outcome as the ledger may keep it (see [`BodyPolicy::scrub_for`]).
+    fn scrub(&self, call: &OpenCall, text: &str) -> String {
+        self.bodies.scrub_for(call.tool.as_deref(), Side::Output, text)
+    }
+
     /// The `tool_result` or `response` event of `call`. `extra` is added last (and so
     /// overrides): the output decision, a withheld outcome.
     fn result_draft(
@@ -393,17 +398,18 @@ impl SessionRecorder {
             }
             Completion::Error(error) => {
                 fields.insert("outcome".into(), json!("error"));
-                fields.insert("error".into(), json!(self.bodies.scrub(&summarize_error(error))));
+                let summary = summarize_error(error);
+                fields.insert("error".into(), json!(self.scrub(call, &summary)));
             }
             Completion::NoResponse { reason } => {
                 fields.insert("outcome".into(), json!("no_response"));
                 fields.insert("output_ref".into(), Value::Null);
-                fields.insert("error".into(), json!(self.bodies.scrub(reason)));
+                fields.insert("error".into(), json!(self.scrub(call, reason)));
             }
             Completion::Refused { outcome, reason } => {
                 fields.insert("outcome".into(), json!(outcome));
                 fields.insert("output_ref".into(), Value::Null);
-                fields.insert("error".into(), json!(self.bodies.scrub(reason)));
+                fields.insert("error".into(), json!(self.scrub(call, reason)));
             }
         }
         fields.extend(extra);

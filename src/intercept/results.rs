@@ -173,7 +173,10 @@ impl SessionRecorder {
                 }
                 let extra = decided(
                     decision,
-                    &[("outcome", json!("withheld")), ("error", json!(self.bodies.scrub(&text)))],
+                    &[
+                        ("outcome", json!("withheld")),
+                        ("error", json!(self.scrub(&hold.call, &text))),
+                    ],
                 );
                 (extra, Delivery::Replace(tool_error(&text)))
             }

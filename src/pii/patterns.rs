@@ -64,7 +64,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "private_key_header",
-        regex: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+        // The header, and the whole block through its END line when there is one, so that
+        // redaction removes the key material too. The body cannot contain `--`, which keeps
+        // the match inside one block.
+        regex: r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?:[^-]|-[^-])*-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?",
         validate: None,
     },
     Builtin {

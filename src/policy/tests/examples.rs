@@ -125,3 +125,31 @@ fn budgets_limit_daily_spending() {
     assert_eq!((budget.limit, budget.cost), (100.0, 1.0));
     assert_eq!(set.budget_for("another-agent").map(|b| b.limit), Some(20.0));
 }
+
+#[test]
+fn pii_rules_deny_cards_hold_keys_withhold_credentials_and_redact_contacts() {
+    let set = shipped("policies/examples");
+    let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let args = json!({ "customer_id": "cus_1" });
+    let card = names(&["credit_card"]);
+    let with_card = CallContext { input_pii: &card, ..call("lookup_customer", &args) };
+    assert_eq!(decided_by(&set, &with_card), (Effect::Deny, "no-card-numbers-to-tools".into()));
+
+    let lookup = call("lookup_customer", &args);
+    let rule_of = |found: &[&str]| {
+        let decision = set.evaluate_result(&lookup, &names(found));
+        (decision.effect(), decision.rule().map(|r| r.name.clone()).unwrap_or_default())
+    };
+    assert_eq!(rule_of(&[]), (Effect::Allow, String::new()));
+    assert_eq!(
+        rule_of(&["private_key_header"]),
+        (Effect::Hold, "hold-results-with-private-keys".into())
+    );
+    assert_eq!(
+        rule_of(&["aws_access_key", "email"]),
+        (Effect::Deny, "withhold-cloud-credentials".into())
+    );
+    assert_eq!(rule_of(&["phone_us"]), (Effect::Redact, "redact-contact-data-for-support".into()));
+    let other = CallContext { agent: "billing-bot", ..lookup };
+    assert_eq!(set.evaluate_result(&other, &names(&["email"])), ResultDecision::Deliver);
+}
