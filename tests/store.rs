@@ -344,7 +344,10 @@ async fn payload_retention_erases_only_bodies_nothing_recent_references(ledger: 
     // Nothing was stored before a cutoff in the past.
     assert!(store.erasable_payloads("2000-01-01T00:00:00.000000Z").await.unwrap().is_empty());
     // Only the first call's body was stored before `between`, and nothing later references it.
-    assert_eq!(store.erasable_payloads(&between).await.unwrap(), [old.reference.clone()]);
+    assert_eq!(
+        store.erasable_payloads(&between).await.unwrap(),
+        std::slice::from_ref(&old.reference)
+    );
     let future = mcp_ledger::record::format_timestamp(
         time::OffsetDateTime::now_utc() + time::Duration::days(1),
     );
@@ -354,7 +357,7 @@ async fn payload_retention_erases_only_bodies_nothing_recent_references(ledger: 
     expected.sort();
     assert_eq!(erasable, expected, "nothing after a cutoff in the future references them");
 
-    let erased = store.erase_payloads(&[old.reference.clone()], true).await.unwrap();
+    let erased = store.erase_payloads(std::slice::from_ref(&old.reference), true).await.unwrap();
     assert_eq!(erased, 1);
     assert!(store.payload(&old.reference).await.unwrap().is_none());
     assert!(store.payload(&redacted.reference).await.unwrap().is_some());
