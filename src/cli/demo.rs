@@ -73,7 +73,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     println!("   before the agent saw it. The `provenance` view, as an auditor queries it:\n");
     println!("{}", provenance_table(&rows));
 
-    println!("\n3. `mcp-ledger verify` recomputes every hash and link:\n");
+    show_pii(&store).await?;
+
+    println!("\n4. `mcp-ledger verify` recomputes every hash and link:\n");
     let report = verify_store(&store).await?;
     print_report(&report);
     if !report.intact() {
@@ -85,7 +87,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     store.snapshot_to(&tampered_path).await?;
     store.close().await;
     let (seq, event_id) = forge_approval(&tampered_path).await?;
-    println!("\n4. Someone with access to the database file copies it, drops the append-only");
+    println!("\n5. Someone with access to the database file copies it, drops the append-only");
     println!(
         "   trigger, and rewrites the refund's record (seq {seq}, event {event_id}) to claim an"
     );
@@ -110,6 +112,41 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         calls.len()
     );
     Ok(exit::OK)
+}
+
+/// Step 3: where the scanner found personal data, and a body as the ledger keeps it.
+async fn show_pii(store: &SqliteStore) -> anyhow::Result<()> {
+    let events: Vec<_> = store.events().try_collect().await?;
+    let findings: Vec<(String, String, String, String)> = events
+        .iter()
+        .filter(|e| e.event_type == "pii_detected")
+        .flat_map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let (tool, method, direction) =
+                (text(&e.data["tool"]), text(&e.data["method"]), text(&e.data["direction"]));
+            let name = if tool == "-" { method } else { tool };
+            e.data["findings"].as_array().cloned().unwrap_or_default().into_iter().map(move |f| {
+                (name.clone(), direction.clone(), text(&f["pattern"]), text(&f["pointer"]))
+            })
+        })
+        .collect();
+    println!(
+        "\n3. The scanner found personal data in {} places. The ledger records the pattern and",
+        findings.len()
+    );
+    println!("   where it was (`pii_detected`), never the value, and keeps bodies redacted:\n");
+    for (name, direction, pattern, pointer) in &findings {
+        println!("   {name:<16} {direction:<7} {pattern:<14} {pointer}");
+    }
+    let email = events.iter().find(|e| {
+        e.event_type == "tool_call" && e.data.get("tool") == Some(&Value::from("send_email"))
+    });
+    if let Some(reference) = email.and_then(|e| crate::record::stored_body_ref(&e.data, "input"))
+        && let Some(body) = store.payload(reference).await?
+    {
+        println!("\n   send_email's arguments as kept: {body}");
+    }
+    Ok(())
 }
 
 /// Rewrites the recorded refund call in the ledger at `path` as if an operator had approved it.
