@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::stdio_client::LineClient;
-use common::{BIN, TestLedger, run_cli};
+use common::{BIN, TestLedger, contains_bytes, run_cli};
 use futures::StreamExt;
 use mcp_ledger::record::Event;
 use serde_json::{Value, json};
@@ -56,34 +56,6 @@ async fn events(ledger: &TestLedger) -> Vec<Event> {
 
 fn of_type<'a>(events: &'a [Event], event_type: &str) -> Vec<&'a Event> {
     events.iter().filter(|e| e.event_type == event_type).collect()
-}
-
-/// Every byte the database holds: the SQLite file with its journal files, or a `pg_dump` of
-/// the Postgres database.
-fn database_bytes(ledger: &TestLedger) -> Vec<u8> {
-    match ledger.sqlite_path() {
-        Some(path) => ["", "-wal", "-shm", "-journal"]
-            .iter()
-            .filter_map(|suffix| std::fs::read(format!("{}{suffix}", path.display())).ok())
-            .flatten()
-            .collect(),
-        None => {
-            let output = std::process::Command::new("pg_dump")
-                .arg(ledger.url_string())
-                .output()
-                .expect("run pg_dump");
-            assert!(
-                output.status.success(),
-                "pg_dump: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            output.stdout
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 fn verify(ledger: &TestLedger) -> (i32, String) {
@@ -182,9 +154,9 @@ async fn three_findings_at_the_right_pointers_and_no_value_in_the_database(ledge
     assert!(provenance[0][2].contains("email"), "{provenance:?}");
 
     // Not one sensitive value anywhere in the database, nor a way to verify it was there.
-    let bytes = database_bytes(&ledger);
+    let bytes = ledger.stored_bytes();
     for value in [EMAIL, CARD, AWS_KEY, "4242424242424242"] {
-        assert!(!contains(&bytes, value), "the database holds `{value}`");
+        assert!(!contains_bytes(&bytes, value), "the database holds `{value}`");
     }
     let (code, report) = verify(&ledger);
     assert_eq!(code, 0, "{report}");
@@ -233,7 +205,7 @@ async fn erasure_deletes_a_body_and_verify_stays_green(ledger: TestLedger) {
     let call = of_type(&events, "tool_call")[0];
     assert_eq!(call.data["input_stored"], "full");
     let reference = call.data["input_ref"].as_str().unwrap().to_owned();
-    assert!(contains(&database_bytes(&ledger), EMAIL), "kept in full before the erasure");
+    assert!(contains_bytes(&ledger.stored_bytes(), EMAIL), "kept in full before the erasure");
 
     if ledger.is_postgres() {
         // Deleting a body without recording an erasure is refused, even for the owner.
@@ -271,7 +243,7 @@ async fn erasure_deletes_a_body_and_verify_stays_green(ledger: TestLedger) {
     let (code, report) = verify(&ledger);
     assert_eq!(code, 0, "events hash references, not bodies: {report}");
     assert!(
-        !contains(&database_bytes(&ledger), EMAIL),
+        !contains_bytes(&ledger.stored_bytes(), EMAIL),
         "the erased body is gone from the files too"
     );
 
@@ -462,7 +434,10 @@ async fn storage_modes_keep_nothing_or_everything() {
     let events = self::events(&plain).await;
     assert!(of_type(&events, "pii_detected").is_empty());
     assert_eq!(of_type(&events, "tool_call")[0].data["input_stored"], "full");
-    assert!(contains(&database_bytes(&plain), EMAIL), "without scanning, bodies are kept as sent");
+    assert!(
+        contains_bytes(&plain.stored_bytes(), EMAIL),
+        "without scanning, bodies are kept as sent"
+    );
 
     let (code, _, err) = run_cli(&[
         "stdio",

@@ -114,6 +114,28 @@ impl TestLedger {
         Ok(())
     }
 
+    /// Every byte the database holds: the SQLite file with its journal files, or a `pg_dump`
+    /// of the Postgres database. What a search of "the whole database" searches.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        match &self.url {
+            LedgerUrl::Sqlite(path) => ["", "-wal", "-shm", "-journal"]
+                .iter()
+                .filter_map(|suffix| std::fs::read(format!("{}{suffix}", path.display())).ok())
+                .flatten()
+                .collect(),
+            LedgerUrl::Postgres(url) => {
+                let output =
+                    std::process::Command::new("pg_dump").arg(url).output().expect("run pg_dump");
+                assert!(
+                    output.status.success(),
+                    "pg_dump: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                output.stdout
+            }
+        }
+    }
+
     /// The table name to use in raw SQL.
     pub fn events_table(&self) -> &'static str {
         if self.is_postgres() { "mcp_ledger.events" } else { "events" }
@@ -151,6 +173,11 @@ impl Drop for TestLedger {
             .join();
         }
     }
+}
+
+/// Whether `needle` occurs in `haystack`, byte for byte.
+pub fn contains_bytes(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 /// Runs `mcp-ledger` with `args` and returns (exit code, stdout, stderr).

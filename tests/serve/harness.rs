@@ -304,21 +304,14 @@ pub async fn read_events(ledger: &TestLedger) -> Vec<Event> {
 
 /// Every byte of the SQLite ledger: the database and its journal files.
 pub fn ledger_bytes(ledger: &TestLedger) -> Vec<u8> {
-    let path = ledger.sqlite_path().expect("an SQLite ledger");
-    let mut bytes = Vec::new();
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut name = path.clone().into_os_string();
-        name.push(suffix);
-        if let Ok(b) = std::fs::read(PathBuf::from(name)) {
-            bytes.extend_from_slice(&b);
-        }
-    }
+    assert!(ledger.sqlite_path().is_some(), "an SQLite ledger");
+    let bytes = ledger.stored_bytes();
     assert!(!bytes.is_empty(), "the ledger file exists");
     bytes
 }
 
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    super::common::contains_bytes(haystack, needle)
 }
 
 /// Polls `check` every 25 ms until it returns `Some`, for at most `within`.
