@@ -142,8 +142,7 @@ async fn export_bundle(
     // Stream the chain page by page, writing the selected events as they come.
     let chain_size = store.chain_size(chain).await?;
     // `export` prints no machine-readable output, so progress shows whenever stderr is a terminal.
-    let progress = Progress::events(Some(chain_size.max(0) as u64), false);
-    progress.set_phase("reading events");
+    let progress = Progress::events("reading events", Some(chain_size.max(0) as u64), false);
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(dir.join("events.jsonl")).context("cannot write events.jsonl")?,
     );

@@ -131,7 +131,6 @@ pub async fn verify_store_with(
     let mut checkpoints = CheckpointVerifier::new(claims, keys).with_starts(starts.clone());
     let mut verifier = Verifier::with_starts(starts);
     let mut events = store.events();
-    progress.set_phase("verifying");
     while let Some(event) = events.next().await {
         let event = event.context("cannot read the ledger")?;
         verifier.push(&event);
@@ -159,7 +158,7 @@ pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
         return super::bundle_verify::verify_bundle(dir, keys, args.json);
     }
     let store = args.ledger.open_existing(CliError::CouldNotCheck).await?;
-    let progress = Progress::events(None, args.json);
+    let progress = Progress::events("verifying", None, args.json);
     let report = verify_store_with(store.as_ref(), keys, args.anchor.as_deref(), &progress)
         .await
         .map_err(CliError::CouldNotCheck)?;

@@ -15,14 +15,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress(Option<ProgressBar>);
 
 impl Progress {
-    /// Progress over events; `total` when it is known up front. Shown only when stderr is a
-    /// terminal and `machine_readable` (`--json`) is false.
-    pub fn events(total: Option<u64>, machine_readable: bool) -> Progress {
-        Progress::shown_if(total, !machine_readable && std::io::stderr().is_terminal())
+    /// Progress over events, starting with `phase` (`verifying`, …); `total` when it is known up
+    /// front. Shown only when stderr is a terminal and `machine_readable` (`--json`) is false.
+    pub fn events(phase: &'static str, total: Option<u64>, machine_readable: bool) -> Progress {
+        Progress::shown_if(phase, total, !machine_readable && std::io::stderr().is_terminal())
     }
 
     /// [`Progress::events`] with the decision made by the caller.
-    pub fn shown_if(total: Option<u64>, shown: bool) -> Progress {
+    pub fn shown_if(phase: &'static str, total: Option<u64>, shown: bool) -> Progress {
         if !shown {
             return Progress(None);
         }
@@ -40,6 +40,7 @@ impl Progress {
             .expect("a valid progress template")
             .progress_chars("=> ");
         bar.set_style(style);
+        bar.set_message(phase);
         // Keeps the rate and spinner moving while the database is slow to answer.
         bar.enable_steady_tick(Duration::from_millis(200));
         Progress(Some(bar))

@@ -136,10 +136,10 @@ fn spans_are_disabled_without_an_exporter() {
 
 #[test]
 fn progress_is_hidden_unless_asked_for_and_for_machine_readable_output() {
-    assert!(!Progress::shown_if(Some(10), false).is_shown());
+    assert!(!Progress::shown_if("verifying", Some(10), false).is_shown());
     // `--json`: never shown, whatever stderr is.
-    assert!(!Progress::events(None, true).is_shown());
-    let hidden = Progress::shown_if(None, false);
+    assert!(!Progress::events("verifying", None, true).is_shown());
+    let hidden = Progress::shown_if("verifying", None, false);
     hidden.inc(5);
     hidden.set_phase("verifying");
 }
