@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
@@ -34,18 +34,22 @@ pub const OTHER: &str = "_other";
 /// One kind of name, interned: the first `limit` distinct values get a label of their own.
 struct Interner {
     limit: usize,
-    names: Mutex<HashMap<String, Name>>,
+    /// Read-mostly: after the first calls every lookup finds its name under the read lock.
+    names: RwLock<HashMap<String, Name>>,
     other: Name,
 }
 
 impl Interner {
     fn new(limit: usize) -> Self {
-        Interner { limit, names: Mutex::default(), other: Arc::new(OTHER.to_owned()) }
+        Interner { limit, names: RwLock::default(), other: Arc::new(OTHER.to_owned()) }
     }
 
     /// The shared label for `value`; allocates only the first time a value is seen.
     fn get(&self, value: &str) -> Name {
-        let mut names = self.names.lock().expect("label lock");
+        if let Some(name) = self.names.read().expect("label lock").get(value) {
+            return name.clone();
+        }
+        let mut names = self.names.write().expect("label lock");
         if let Some(name) = names.get(value) {
             return name.clone();
         }
