@@ -154,10 +154,12 @@ pub fn start(config: &TelemetryConfig) -> Result<Option<Exporter>, OtlpError> {
         tracing::warn!(%error, "cannot install the otlp span layer");
         return Ok(None);
     }
-    tracing::info!(
-        endpoint = plan.endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_*"),
-        "exporting request spans over otlp"
-    );
+    // Scheme, host and port only: a collector URL may carry credentials.
+    let endpoint = match &plan.endpoint {
+        Some(url) => crate::config::redact_webhook_url(url),
+        None => "from OTEL_EXPORTER_OTLP_*".to_owned(),
+    };
+    tracing::info!(%endpoint, "exporting request spans over otlp");
     Ok(Some(Exporter { provider }))
 }
 
