@@ -13,3 +13,4 @@ pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod store;
+pub mod telemetry;

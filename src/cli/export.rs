@@ -26,6 +26,7 @@ use super::{CliError, LedgerArgs, exit};
 use crate::record::merkle::{self, Hash, event_leaf_hash};
 use crate::record::{Event, format_timestamp};
 use crate::store::{DEFAULT_CHAIN, Store};
+use crate::telemetry::progress::Progress;
 
 /// The `format` of `manifest.json`.
 pub const BUNDLE_FORMAT: &str = "mcp-ledger-bundle/1";
@@ -140,6 +141,8 @@ async fn export_bundle(
 
     // Stream the chain page by page, writing the selected events as they come.
     let chain_size = store.chain_size(chain).await?;
+    // `export` prints no machine-readable output, so progress shows whenever stderr is a terminal.
+    let progress = Progress::events("reading events", Some(chain_size.max(0) as u64), false);
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(dir.join("events.jsonl")).context("cannot write events.jsonl")?,
     );
@@ -159,6 +162,7 @@ async fn export_bundle(
             writeln!(out, "{}", event_line(&event))?;
             selected.push((event.seq, event.event_id));
         }
+        progress.inc((to - from + 1) as u64);
         from = to + 1;
     }
     out.flush()?;
@@ -200,7 +204,10 @@ async fn export_bundle(
         std::fs::File::create(dir.join("proofs.jsonl")).context("cannot write proofs.jsonl")?,
     );
     let anchor_entry = anchor.as_ref().map(|a| (a.seq, a.event_id.clone()));
+    progress.set_phase("writing proofs");
+    progress.restart(Some((anchor_entry.iter().count() + selected.len()) as u64));
     for (seq, event_id) in anchor_entry.iter().chain(selected.iter()) {
+        progress.inc(1);
         let index = (*seq - 1) as u64;
         let proof = merkle::inclusion_proof(&leaves, index, size)?;
         let line = json!({

@@ -11,6 +11,7 @@ use super::{CliError, exit};
 use crate::record::checkpoint::VerifyingKey;
 use crate::record::verify::{ChainStart, CheckpointClaim, CheckpointVerifier, Report, Verifier};
 use crate::store::{self, LedgerUrl, ProvenanceRow, Store, StoreOptions};
+use crate::telemetry::progress::Progress;
 
 #[derive(Debug, Clone, Args)]
 pub struct LedgerArgs {
@@ -91,10 +92,12 @@ pub fn read_keys(values: &[String]) -> Result<Vec<VerifyingKey>, CliError> {
 
 /// Streams every event through the verifier and compares the log with every signed checkpoint:
 /// those in the `checkpoints` table and, with `anchor`, those held outside the database.
+/// `progress` counts the events as they are checked.
 pub async fn verify_store_with(
     store: &dyn Store,
     keys: Vec<VerifyingKey>,
     anchor: Option<&std::path::Path>,
+    progress: &Progress,
 ) -> Result<Report, anyhow::Error> {
     let mut claims: Vec<CheckpointClaim> = store
         .checkpoints()
@@ -132,6 +135,7 @@ pub async fn verify_store_with(
         let event = event.context("cannot read the ledger")?;
         verifier.push(&event);
         checkpoints.push(&event);
+        progress.inc(1);
     }
     let mut report = verifier.finish();
     checkpoints.finish_into(&mut report);
@@ -154,9 +158,11 @@ pub async fn verify(args: VerifyArgs) -> Result<u8, CliError> {
         return super::bundle_verify::verify_bundle(dir, keys, args.json);
     }
     let store = args.ledger.open_existing(CliError::CouldNotCheck).await?;
-    let report = verify_store_with(store.as_ref(), keys, args.anchor.as_deref())
+    let progress = Progress::events("verifying", None, args.json);
+    let report = verify_store_with(store.as_ref(), keys, args.anchor.as_deref(), &progress)
         .await
         .map_err(CliError::CouldNotCheck)?;
+    drop(progress);
     store.close().await;
     if args.json {
         let status = if report.intact() { "intact" } else { "tampered" };

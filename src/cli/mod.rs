@@ -154,14 +154,22 @@ impl CliError {
     }
 }
 
-/// Installs the stderr logger. Stdout belongs to the protocol (in `stdio`) or to the command's
+/// Installs the stderr logger, and the (empty until configured) slot through which request
+/// spans reach an OTLP exporter. Stdout belongs to the protocol (in `stdio`) or to the command's
 /// output, so logs never go there.
 pub fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_LEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mcp_ledger=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The request spans are for the exporter: they stay out of the log whatever the filter says.
+    let spans_off = format!("{}=off", crate::telemetry::spans::TARGET);
+    let filter = filter.add_directive(spans_off.parse().expect("a valid directive"));
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .init();
+        .with_filter(filter);
+    tracing_subscriber::registry().with(crate::telemetry::otlp::layer()).with(log).init();
 }

@@ -36,6 +36,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let config = configured::load(&args.config)?;
     config.validate_for_serve().map_err(|e| CliError::Usage(e.into()))?;
     let addr = args.listen.unwrap_or(config.listen.addr);
+    let exporter = crate::telemetry::otlp::start(&config.telemetry)
+        .map_err(|e| CliError::Usage(anyhow!(e)))?;
 
     let allow_anonymous = config.agents.is_empty();
     if allow_anonymous {
@@ -98,6 +100,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         max_sessions: config.listen.max_sessions,
         session_idle_timeout: Duration::from_secs(config.listen.session_idle_timeout_secs),
         notifier: None,
+        metrics: config.telemetry.metrics,
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -126,6 +129,9 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         checkpointer.finish().await;
     }
     store.close().await;
+    if let Some(exporter) = exporter {
+        exporter.finish().await;
+    }
     Ok(exit::OK)
 }
 

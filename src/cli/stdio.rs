@@ -47,6 +47,10 @@ pub struct StdioArgs {
     /// Do not scan bodies for PII and secrets (bodies are then kept in full unless --payloads none)
     #[arg(long)]
     no_pii_scan: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the session lasts (a loopback
+    /// address: the endpoint has no authentication)
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// The upstream MCP server to start, after `--`
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -131,8 +135,39 @@ fn body_policy(args: &StdioArgs, plan: &Plan) -> Result<BodyPolicy, CliError> {
     Ok(bodies.with_default_storage(storage))
 }
 
+/// Serves `GET /metrics` on `addr` (loopback only) until the returned task is aborted.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    if !addr.ip().is_loopback() {
+        return Err(CliError::Usage(anyhow!(
+            "--metrics-addr {addr}: metrics are served without authentication, so only on a \
+             loopback address (e.g. 127.0.0.1:9464); scrape other hosts through `serve`"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))
+        .map_err(CliError::Failed)?;
+    let bound = listener.local_addr().map_err(|e| CliError::Failed(e.into()))?;
+    tracing::info!("serving metrics at http://{bound}/metrics");
+    let router = crate::proxy::http_server::metrics_router(Default::default());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::warn!(%error, "the metrics endpoint stopped");
+        }
+    }))
+}
+
 pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     let plan = plan(&args)?;
+    let telemetry = plan.config.as_ref().map(|c| c.telemetry.clone()).unwrap_or_default();
+    let exporter =
+        crate::telemetry::otlp::start(&telemetry).map_err(|e| CliError::Usage(anyhow!(e)))?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
     let url = &plan.ledger_url;
     let lock_timeout = std::time::Duration::from_millis(plan.lock_timeout_ms);
     let options = StoreOptions { lock_timeout, ..StoreOptions::default() };
@@ -188,6 +223,12 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         checkpointer.finish().await;
     }
     store.close().await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    if let Some(exporter) = exporter {
+        exporter.finish().await;
+    }
     Ok(match end {
         RelayEnd::AgentClosed => exit::OK,
         RelayEnd::UpstreamClosed => exit::FAILURE,

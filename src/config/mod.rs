@@ -38,6 +38,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
     pub approvals: ApprovalsConfig,
+    /// `[telemetry]`: the Prometheus endpoint and OTLP span export.
+    pub telemetry: TelemetryConfig,
     /// The file this was loaded from, for messages; `None` when built in code.
     pub path: Option<PathBuf>,
 }
@@ -143,6 +145,44 @@ impl Default for ApprovalsConfig {
             webhook_url: None,
             webhook_timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
             console_url: None,
+        }
+    }
+}
+
+/// `[telemetry]`: metrics and traces. See docs/observability.md.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics at `GET /metrics` beside the MCP endpoints (`serve`).
+    pub metrics: bool,
+    /// The OTLP/HTTP collector's base URL (`/v1/traces` is appended), like
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; with neither, no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// `None`: `OTEL_EXPORTER_OTLP_PROTOCOL` if set, else `http/protobuf`.
+    pub protocol: Option<OtlpProtocol>,
+    /// `service.name` of the exported spans; `None`: `OTEL_SERVICE_NAME`, else `mcp-ledger`.
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { metrics: true, otlp_endpoint: None, protocol: None, service_name: None }
+    }
+}
+
+/// How spans travel to the collector: OTLP over HTTP, as protobuf or JSON (gRPC is not built in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl OtlpProtocol {
+    /// The value `OTEL_EXPORTER_OTLP_PROTOCOL` would have.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            "http/json" => Some(OtlpProtocol::HttpJson),
+            _ => None,
         }
     }
 }
@@ -402,6 +442,20 @@ impl fmt::Debug for ApprovalsConfig {
             .field("webhook_url", &self.webhook_url.as_deref().map(secrets::redact_webhook_url))
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("console_url", &self.console_url)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("metrics", &self.metrics)
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(secrets::redact_url_password),
+            )
+            .field("protocol", &self.protocol)
+            .field("service_name", &self.service_name)
             .finish()
     }
 }

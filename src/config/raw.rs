@@ -12,7 +12,8 @@ use toml::Spanned;
 use super::secrets::{self, Place, TemplateError};
 use super::{
     AgentConfig, ApprovalsConfig, AuditConfig, Config, ConfigError, LedgerConfig, ListenConfig,
-    OperatorConfig, PolicyConfig, ServerConfig, Storage, UpstreamTransport, is_valid_name,
+    OperatorConfig, OtlpProtocol, PolicyConfig, ServerConfig, Storage, TelemetryConfig,
+    UpstreamTransport, is_valid_name,
 };
 
 #[derive(Deserialize)]
@@ -34,6 +35,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     approvals: RawApprovals,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +123,15 @@ struct RawApprovals {
     console_url: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    metrics: Option<bool>,
+    otlp_endpoint: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    service_name: Option<Spanned<String>>,
+}
+
 /// The text being parsed and the name messages give it.
 struct Source<'a> {
     file: &'a str,
@@ -196,6 +208,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         audit,
         policy: policy(&source, raw.policy)?,
         approvals: approvals(&source, raw.approvals)?,
+        telemetry: telemetry(&source, raw.telemetry)?,
         path: None,
     })
 }
@@ -536,6 +549,45 @@ fn approvals(source: &Source, raw: RawApprovals) -> Result<ApprovalsConfig, Conf
         )?
         .unwrap_or(defaults.webhook_timeout_ms),
         console_url: raw.console_url.map(Spanned::into_inner),
+    })
+}
+
+fn telemetry(source: &Source, raw: RawTelemetry) -> Result<TelemetryConfig, ConfigError> {
+    if let Some(url) = &raw.otlp_endpoint
+        && !is_http_url(url.get_ref())
+    {
+        return Err(source.error(
+            url.span(),
+            "`telemetry.otlp_endpoint` must be an absolute http:// or https:// url (the \
+             collector's OTLP/HTTP base, e.g. http://127.0.0.1:4318)",
+        ));
+    }
+    let protocol = match &raw.protocol {
+        None => None,
+        Some(value) => Some(OtlpProtocol::parse(value.get_ref()).ok_or_else(|| {
+            source.error(
+                value.span(),
+                format!(
+                    "`telemetry.protocol` must be \"http/protobuf\" or \"http/json\", not \"{}\" \
+                     (grpc is not built in)",
+                    value.get_ref().escape_debug()
+                ),
+            )
+        })?),
+    };
+    if let Some(name) = &raw.service_name
+        && (name.get_ref().trim().is_empty() || name.get_ref().chars().any(char::is_control))
+    {
+        return Err(source.error(
+            name.span(),
+            "`telemetry.service_name` must be a non-empty name without control characters",
+        ));
+    }
+    Ok(TelemetryConfig {
+        metrics: raw.metrics.unwrap_or(TelemetryConfig::default().metrics),
+        otlp_endpoint: raw.otlp_endpoint.map(Spanned::into_inner),
+        protocol,
+        service_name: raw.service_name.map(Spanned::into_inner),
     })
 }
 

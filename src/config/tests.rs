@@ -195,7 +195,7 @@ fn unknown_keys_are_named_with_their_line() {
     );
     assert_eq!(
         error("[listen]\n\n[server]\nname = \"a\"\n"),
-        "mcp-ledger.toml:3:2: unknown field `server`, expected one of `ledger`, `listen`, `servers`, `agents`, `operators`, `audit`, `policy`, `approvals`"
+        "mcp-ledger.toml:3:2: unknown field `server`, expected one of `ledger`, `listen`, `servers`, `agents`, `operators`, `audit`, `policy`, `approvals`, `telemetry`"
     );
     assert!(
         error("[audit]\nscan = true\n").starts_with("mcp-ledger.toml:2:1: unknown field `scan`")
@@ -831,4 +831,58 @@ fn pii_settings_are_checked_and_placed() {
         error("[audit]\npayload_retention_days = 0\n"),
         "mcp-ledger.toml:2:26: `audit.payload_retention_days` must be at least 1"
     );
+}
+
+#[test]
+fn telemetry_settings_are_read_with_their_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.telemetry, TelemetryConfig::default());
+    assert!(config.telemetry.metrics, "metrics are served unless turned off");
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+
+    let config = parse(
+        "[telemetry]\nmetrics = false\notlp_endpoint = \"http://127.0.0.1:4318\"\nprotocol = \"http/json\"\nservice_name = \"proxy-eu\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.telemetry,
+        TelemetryConfig {
+            metrics: false,
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            protocol: Some(OtlpProtocol::HttpJson),
+            service_name: Some("proxy-eu".into()),
+        }
+    );
+    let config = parse("[telemetry]\nprotocol = \"http/protobuf\"\n").unwrap();
+    assert_eq!(config.telemetry.protocol, Some(OtlpProtocol::HttpProtobuf));
+}
+
+#[test]
+fn telemetry_settings_are_checked_and_placed() {
+    assert_eq!(
+        error("[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n"),
+        "mcp-ledger.toml:2:17: `telemetry.otlp_endpoint` must be an absolute http:// or https:// url (the collector's OTLP/HTTP base, e.g. http://127.0.0.1:4318)"
+    );
+    assert_eq!(
+        error("[telemetry]\nprotocol = \"grpc\"\n"),
+        "mcp-ledger.toml:2:12: `telemetry.protocol` must be \"http/protobuf\" or \"http/json\", not \"grpc\" (grpc is not built in)"
+    );
+    assert_eq!(
+        error("[telemetry]\nservice_name = \" \"\n"),
+        "mcp-ledger.toml:2:16: `telemetry.service_name` must be a non-empty name without control characters"
+    );
+    assert!(
+        error("[telemetry]\nendpoint = \"http://x\"\n")
+            .starts_with("mcp-ledger.toml:2:1: unknown field `endpoint`"),
+        "unknown keys are errors"
+    );
+    assert!(error("[telemetry]\nmetrics = \"yes\"\n").starts_with("mcp-ledger.toml:2:11: "));
+}
+
+#[test]
+fn a_password_in_the_otlp_endpoint_is_not_debug_printed() {
+    let config =
+        parse("[telemetry]\notlp_endpoint = \"https://user:hunter2@collector.internal\"\n")
+            .unwrap();
+    assert!(!format!("{config:?}").contains("hunter2"));
 }

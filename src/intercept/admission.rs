@@ -6,11 +6,13 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{BodyPolicy, Completion, OpenCall, RecordError, SessionRecorder, Side};
 use crate::approval::{self, DecisionRecord, HoldRequest, Verdict};
 use crate::policy::{CallContext, Decision, PolicySet};
 use crate::record::EventType;
+use crate::telemetry;
 
 /// The policy set in force, shared by every session and swapped whole on reload.
 #[derive(Clone)]
@@ -94,6 +96,17 @@ impl Judged {
     }
 }
 
+impl Judged {
+    /// The decision as metrics and spans name it.
+    pub(super) fn effect(&self) -> telemetry::Decision {
+        match self.decision {
+            Decision::Allow { .. } => telemetry::Decision::Allow,
+            Decision::Deny { .. } => telemetry::Decision::Deny,
+            Decision::Hold { .. } => telemetry::Decision::Hold,
+        }
+    }
+}
+
 /// Whole credits as an integer, so that JCS and SQL see `2`, not `2.0`.
 fn cost_value(cost: f64) -> Value {
     if cost.fract() == 0.0 && cost.abs() < 9.0e15 { json!(cost as i64) } else { json!(cost) }
@@ -120,11 +133,15 @@ impl SessionRecorder {
             spent_today: self.spent_today(policy).await,
             input_pii: &call.input_pii,
         };
-        Judged {
+        let judged = Judged {
             tool: tool.to_owned(),
             decision: policy.evaluate(&context),
             digest: policy.digest().to_owned(),
-        }
+        };
+        // Run inside the `policy decision` span (see `begin`).
+        let rule = judged.decision.rule().map(|rule| rule.name.as_str());
+        telemetry::spans::decided(&tracing::Span::current(), judged.effect(), rule);
+        judged
     }
 
     /// Credits this agent spent today, when a budget applies to it (else not needed).
@@ -179,7 +196,7 @@ impl SessionRecorder {
                 );
                 let mut draft = self.draft(EventType::ApprovalRequested, request.to_data());
                 draft.session_id = Some(self.identity.session_id.clone());
-                self.ledger.append(draft).await?;
+                self.ledger.append(draft).instrument(telemetry::spans::commit("hold")).await?;
                 if let Some(notifier) = &self.notifier {
                     notifier.held(&request);
                 }

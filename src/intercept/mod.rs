@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 pub use admission::{Admission, HoldNotifier, HoldOutcome, PendingHold, SharedPolicy};
 pub use bodies::{BodyPolicy, Side};
@@ -21,6 +22,7 @@ pub use results::{Delivery, PendingResultHold};
 use crate::pii::Finding;
 use crate::record::{Draft, EventType, RecordedBody};
 use crate::store::writer::{AppendError, Ledger};
+use crate::telemetry::{self, CallTrace, SessionTelemetry};
 
 /// Which side sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +86,8 @@ pub struct OpenCall {
     input_pii: Vec<String>,
     /// The tool call's arguments, kept only when output rules may look at them.
     arguments: Option<Arc<Value>>,
+    /// Its span and metric labels (boxed: an `OpenCall` travels inside enums and futures).
+    trace: Box<CallTrace>,
 }
 
 /// How a recorded request ended.
@@ -125,6 +129,8 @@ pub struct SessionRecorder {
     /// Why the session ended, when the transport knows better than the relay (DELETE, idle
     /// expiry, shutdown).
     end_reason: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The session as metrics and spans name it.
+    telemetry: SessionTelemetry,
 }
 
 impl OpenCall {
@@ -132,11 +138,23 @@ impl OpenCall {
     pub fn request_id(&self) -> &str {
         &self.request_id
     }
+
+    /// The request's span, from the moment the relay read it.
+    pub fn span(&self) -> &tracing::Span {
+        self.trace.span()
+    }
 }
 
 impl SessionRecorder {
     pub fn new(ledger: Ledger, identity: SessionIdentity, recorded: RecordedMethods) -> Self {
+        let telemetry = SessionTelemetry::new(
+            &identity.session_id,
+            &identity.agent,
+            &identity.server,
+            identity.transport,
+        );
         SessionRecorder {
+            telemetry,
             ledger,
             policy: SharedPolicy::allow_all(),
             store: None,
@@ -174,6 +192,11 @@ impl SessionRecorder {
 
     pub fn identity(&self) -> &SessionIdentity {
         &self.identity
+    }
+
+    /// The session as metrics and spans name it.
+    pub fn telemetry(&self) -> &SessionTelemetry {
+        &self.telemetry
     }
 
     /// Whether a request with `method` sent by `direction` is recorded.
@@ -270,7 +293,8 @@ impl SessionRecorder {
         let fields = data.as_object_mut().expect("built as an object");
         body.describe("input", fields);
         let policy = self.policy.current();
-        let call = OpenCall {
+        let trace = Box::new(CallTrace::start(&self.telemetry, &call_id, method, tool.as_deref()));
+        let mut call = OpenCall {
             call_id,
             method: method.to_owned(),
             tool: tool.clone(),
@@ -280,9 +304,12 @@ impl SessionRecorder {
             input_ref: body.reference.clone(),
             input_pii: body.patterns.clone(),
             arguments: (is_tool_call && policy.has_output_rules()).then(|| Arc::new(input.clone())),
+            trace,
         };
         let judged = if is_tool_call {
-            let judged = self.judge(&policy, tool.as_deref().unwrap_or(""), input, &call).await;
+            let judge = self.judge(&policy, tool.as_deref().unwrap_or(""), input, &call);
+            let judged = judge.instrument(telemetry::spans::policy()).await;
+            call.trace.decided(judged.effect());
             judged.describe(fields, &self.bodies);
             Some(judged)
         } else {
@@ -295,7 +322,9 @@ impl SessionRecorder {
             &body,
             &findings,
         );
-        self.ledger.append_all(drafts).await?;
+        let events =
+            self.ledger.append_all(drafts).instrument(telemetry::spans::commit("call")).await?;
+        self.telemetry.committed(&events);
         match judged {
             None => Ok(Admission::Forward(call)),
             Some(judged) => self.admit(call, judged, params).await,
@@ -337,7 +366,25 @@ impl SessionRecorder {
             }
             None => vec![draft],
         };
-        self.ledger.append_all(drafts).await?;
+        let code = match completion {
+            Completion::Error(error) => error.get("code").and_then(Value::as_i64),
+            _ => None,
+        };
+        self.commit_end(call, drafts, code).await
+    }
+
+    /// Commits the events that end `call` (its result, and the findings in it), then counts the
+    /// call and closes out its span. `error_code`: the JSON-RPC error it ended with, if any.
+    async fn commit_end(
+        &self,
+        call: &OpenCall,
+        drafts: Vec<Draft>,
+        error_code: Option<i64>,
+    ) -> Result<(), RecordError> {
+        let events =
+            self.ledger.append_all(drafts).instrument(telemetry::spans::commit("result")).await?;
+        self.telemetry.committed(&events);
+        call.trace.finished(&events, error_code);
         Ok(())
     }
 

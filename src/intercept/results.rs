@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::admission::tool_error;
 use super::{Completion, OpenCall, RecordError, SessionRecorder, Side};
@@ -12,6 +13,7 @@ use crate::approval::{self, DecisionRecord, HoldRequest, Verdict};
 use crate::pii::Finding;
 use crate::policy::{CallContext, ResultDecision};
 use crate::record::{EventType, RecordedBody};
+use crate::telemetry;
 
 /// What to send the agent in place of a response, once it is recorded.
 pub enum Delivery {
@@ -102,7 +104,7 @@ impl SessionRecorder {
         };
         let draft = self.result_draft(call, &Completion::Result(result), Some(&body), extra);
         let drafts = self.drafts_with_findings(draft, call, Side::Output, &body, &findings);
-        self.ledger.append_all(drafts).await?;
+        self.commit_end(call, drafts, None).await?;
         Ok(delivery)
     }
 
@@ -122,7 +124,9 @@ impl SessionRecorder {
         body.describe("output", data.as_object_mut().expect("an object"));
         let draft = self.draft(EventType::ApprovalRequested, data);
         let drafts = self.drafts_with_findings(draft, call, Side::Output, &body, findings);
-        self.ledger.append_all(drafts).await?;
+        let events =
+            self.ledger.append_all(drafts).instrument(telemetry::spans::commit("hold")).await?;
+        self.telemetry.committed(&events);
         if let Some(notifier) = &self.notifier {
             notifier.held(&request);
         }
@@ -191,7 +195,7 @@ impl SessionRecorder {
         };
         let completion = Completion::Result(&hold.result);
         let draft = self.result_draft(&hold.call, &completion, Some(&hold.body), extra);
-        self.ledger.append(draft).await?;
+        self.commit_end(&hold.call, vec![draft], None).await?;
         Ok(delivery)
     }
 }

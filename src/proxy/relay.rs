@@ -6,8 +6,9 @@
 //! on strictly in the order they arrived, each only once its recording has committed. So commits
 //! of concurrent calls overlap (and batch in the writer) while the wire order is kept.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, join_all};
@@ -16,12 +17,14 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
 use super::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
 use crate::intercept::{
     Admission, Completion, Delivery, Direction, HoldOutcome, OpenCall, PendingHold,
     PendingResultHold, SessionRecorder,
 };
+use crate::telemetry::{FailStage, HoldKind, UpstreamError, spans};
 use tokio_util::sync::CancellationToken;
 
 /// JSON-RPC error code for "the proxy refused to pass this on" (implementation-defined range).
@@ -93,6 +96,8 @@ struct Shared {
     open_from_server: Mutex<HashMap<String, OpenCall>>,
     /// Handshake requests (method, params) by request id, until the upstream answers.
     handshakes: Mutex<HashMap<String, (String, Value)>>,
+    /// The MCP revision the handshake settled on, for the request spans.
+    protocol_version: OnceLock<String>,
 }
 
 impl Shared {
@@ -178,7 +183,9 @@ where
         open_from_agent: Mutex::default(),
         open_from_server: Mutex::default(),
         handshakes: Mutex::default(),
+        protocol_version: OnceLock::new(),
     });
+    let _open = shared.recorder.telemetry().opened();
     let (close_upstream, upstream_closing) = oneshot::channel();
     let agent_writer = tokio::spawn(write_lines(agent_outbox, agent_out, None));
     let upstream_writer =
@@ -219,11 +226,14 @@ where
         }
     }
 
-    let reason = match end {
-        RelayEnd::AgentClosed => "the agent closed the session",
-        RelayEnd::UpstreamClosed => "the upstream server closed the connection",
+    let (reason, error_type) = match end {
+        RelayEnd::AgentClosed => ("the agent closed the session", "session_closed"),
+        RelayEnd::UpstreamClosed => {
+            shared.recorder.telemetry().upstream_error(UpstreamError::Closed);
+            ("the upstream server closed the connection", "upstream_closed")
+        }
     };
-    let unanswered = settle_open_calls(&shared, reason).await;
+    let unanswered = settle_open_calls(&shared, reason, error_type).await;
     if end == RelayEnd::UpstreamClosed {
         // Answer the agent's calls that will never get a response, so that nothing hangs.
         for request_id in unanswered {
@@ -246,13 +256,15 @@ where
     end
 }
 
-/// Records every call still waiting for a response as unanswered, and returns the request ids
-/// of those the agent made.
-async fn settle_open_calls(shared: &Shared, reason: &str) -> Vec<String> {
+/// Records every call still waiting for a response as unanswered (`error_type` on its span),
+/// and returns the request ids of those the agent made.
+async fn settle_open_calls(shared: &Shared, reason: &str, error_type: &str) -> Vec<String> {
     let from_agent: Vec<_> = shared.open_from_agent.lock().expect("lock").drain().collect();
     let from_server: Vec<_> = shared.open_from_server.lock().expect("lock").drain().collect();
     for (_, call) in from_agent.iter().chain(&from_server) {
-        if let Err(error) = shared.recorder.finish(call, Completion::NoResponse { reason }).await {
+        spans::failed(call.span(), error_type);
+        let finished = shared.recorder.finish(call, Completion::NoResponse { reason });
+        if let Err(error) = finished.instrument(call.span().clone()).await {
             tracing::error!(%error, call_id = %call.call_id, "could not record an unanswered call");
         }
     }
@@ -404,10 +416,11 @@ fn plan_message(
             if !shared.recorder.records(sender, method) {
                 return None;
             }
+            let params: Option<Value> = envelope.params.map(|p| parse_value(Some(p)));
+            let span = request_span(shared, method, id, params.as_ref());
             let shared = shared.clone();
             let id = id.to_owned();
             let method = method.to_owned();
-            let params: Option<Value> = envelope.params.map(|p| parse_value(Some(p)));
             let raw = bytes.to_vec();
             Some(
                 async move {
@@ -426,10 +439,14 @@ fn plan_message(
                             // messages behind it; it is forwarded when approved.
                             let cancel = CancellationToken::new();
                             shared.held.lock().expect("lock").insert(id_key(&id), cancel.clone());
-                            tokio::spawn(await_hold(Arc::downgrade(&shared), *hold, id, raw, cancel));
+                            let span = hold.call.span().clone();
+                            let wait = await_hold(Arc::downgrade(&shared), *hold, id, raw, cancel);
+                            tokio::spawn(wait.instrument(span));
                             Outcome::default()
                         }
                         Err(error) => {
+                            spans::failed(&Span::current(), "ledger_unavailable");
+                            shared.recorder.telemetry().fail_closed(FailStage::Request);
                             tracing::error!(%error, %method, "refusing to forward an unrecorded request");
                             Outcome::answer(error_response(
                                 &id,
@@ -440,10 +457,14 @@ fn plan_message(
                         }
                     }
                 }
+                .instrument(span)
                 .boxed(),
             )
         }
         Kind::Response { id } => {
+            if sender == Direction::FromServer && envelope.error.is_some() {
+                shared.recorder.telemetry().upstream_error(UpstreamError::JsonRpcError);
+            }
             let key = id_key(id);
             let requester = match sender {
                 Direction::FromAgent => Direction::FromServer,
@@ -468,6 +489,7 @@ fn plan_message(
                 return Some(async { Outcome::default() }.boxed());
             }
             let call = shared.open_calls(requester).lock().expect("lock").remove(&key)?;
+            let span = call.span().clone();
             let shared = shared.clone();
             let id = id.to_owned();
             let result = envelope.result.map(|r| parse_value(Some(r)));
@@ -489,10 +511,14 @@ fn plan_message(
                             // cancel it in the meantime.
                             let cancel = CancellationToken::new();
                             shared.held.lock().expect("lock").insert(id_key(&id), cancel.clone());
-                            tokio::spawn(await_result_hold(Arc::downgrade(&shared), *hold, id, raw, cancel));
+                            let span = hold.call.span().clone();
+                            let wait = await_result_hold(Arc::downgrade(&shared), *hold, id, raw, cancel);
+                            tokio::spawn(wait.instrument(span));
                             Outcome::default()
                         }
                         Err(error) => {
+                            spans::failed(&Span::current(), "ledger_unavailable");
+                            shared.recorder.telemetry().fail_closed(FailStage::Response);
                             tracing::error!(%error, call_id = %call.call_id, "withholding an unrecorded response");
                             Outcome::forward(error_response(
                                 &id,
@@ -503,6 +529,7 @@ fn plan_message(
                         }
                     }
                 }
+                .instrument(span)
                 .boxed(),
             )
         }
@@ -546,6 +573,7 @@ async fn await_hold(
     cancel: CancellationToken,
 ) {
     let Some(recorder) = shared.upgrade().map(|s| s.recorder.clone()) else { return };
+    let _waiting = recorder.telemetry().held(HoldKind::Call);
     let token = hold.progress_token.clone();
     let approval_id = hold.request.approval_id.clone();
     let resolution = recorder.resolve_hold(hold, cancel);
@@ -607,7 +635,9 @@ async fn await_result_hold(
     cancel: CancellationToken,
 ) {
     let Some(recorder) = shared.upgrade().map(|s| s.recorder.clone()) else { return };
+    let waiting = recorder.telemetry().held(HoldKind::Result);
     let outcome = recorder.resolve_result_hold(hold, cancel).await;
+    drop(waiting);
     let Some(shared) = shared.upgrade() else { return };
     shared.held.lock().expect("lock").remove(&id_key(&id));
     let answer = match outcome {
@@ -656,9 +686,12 @@ async fn expire_call(
     };
     let reason = format!("{who} did not answer within {} s", limit.as_secs());
     tracing::warn!(call_id = %call.call_id, %reason, "call timed out");
-    if let Err(error) =
-        shared.recorder.finish(&call, Completion::NoResponse { reason: &reason }).await
-    {
+    if direction == Direction::FromAgent {
+        shared.recorder.telemetry().upstream_error(UpstreamError::Timeout);
+    }
+    spans::failed(call.span(), "timeout");
+    let finished = shared.recorder.finish(&call, Completion::NoResponse { reason: &reason });
+    if let Err(error) = finished.instrument(call.span().clone()).await {
         tracing::error!(%error, call_id = %call.call_id, "could not record a timed-out call");
     }
     if let Some(requester) = shared.requester(direction) {
@@ -681,6 +714,9 @@ fn record_session_start(
         let Some(result) = result else {
             return Outcome::forward(raw);
         };
+        if let Some(version) = protocol_version(&params, &result) {
+            let _ = shared.protocol_version.set(version.to_owned());
+        }
         match shared.recorder.session_started(&method, &params, &result).await {
             Ok(()) => Outcome::forward(raw),
             Err(error) => {
@@ -695,6 +731,47 @@ fn record_session_start(
         }
     }
     .boxed()
+}
+
+/// The MCP revision a handshake settled on: the `initialize` result's `protocolVersion`, or the
+/// version a stateless (2026-07-28) client named in its request's `_meta`.
+fn protocol_version<'a>(params: &'a Value, result: &'a Value) -> Option<&'a str> {
+    result.get("protocolVersion").and_then(Value::as_str).or_else(|| {
+        params
+            .get("_meta")
+            .and_then(|meta| meta.get("io.modelcontextprotocol/protocolVersion"))
+            .and_then(Value::as_str)
+    })
+}
+
+/// The span of a recorded request (see `telemetry::spans`), from its routing fields.
+fn request_span(shared: &Shared, method: &str, id: &RawValue, params: Option<&Value>) -> Span {
+    let name = match method {
+        "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")).and_then(Value::as_str),
+        _ => None,
+    };
+    let request_id = id_text(id);
+    let request = spans::Request {
+        method,
+        name,
+        request_id: request_id.as_deref(),
+        protocol_version: shared.protocol_version.get().map(String::as_str),
+    };
+    spans::request(shared.recorder.telemetry(), request)
+}
+
+/// A JSON-RPC id as `jsonrpc.request.id` wants it: a string id without its quotes, a number as
+/// written; `None` for null. Borrowed unless the string has escapes.
+fn id_text(id: &RawValue) -> Option<Cow<'_, str>> {
+    let raw = id.get().trim();
+    if raw == "null" {
+        return None;
+    }
+    match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        Some(_) => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
+        None => Some(Cow::Borrowed(raw)),
+    }
 }
 
 fn parse_value(raw: Option<&RawValue>) -> Value {

@@ -85,9 +85,11 @@ async fn run(
             waiters.push((job.drafts.len(), job.committed));
             drafts.extend(job.drafts);
         }
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
             .await
             .unwrap_or(Err(StoreError::Timeout(commit_timeout)));
+        crate::telemetry::metrics().ledger_batch(started.elapsed(), drafts.len(), outcome.is_ok());
         match outcome {
             Ok(events) => {
                 tracing::debug!(batch = events.len(), "ledger batch committed");

@@ -46,6 +46,7 @@ use crate::intercept::{
 };
 use crate::store::Store;
 use crate::store::writer::Ledger;
+use crate::telemetry::{self, UpstreamError};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -79,6 +80,8 @@ pub struct ServeSettings {
     pub store: Arc<dyn Store>,
     /// Told about every held call (the approvals webhook), if configured.
     pub notifier: Option<Arc<dyn HoldNotifier>>,
+    /// Serve Prometheus metrics at `GET /metrics`.
+    pub metrics: bool,
 }
 
 /// Shared state of the HTTP front end.
@@ -115,13 +118,16 @@ impl HttpProxy {
         })
     }
 
-    /// The axum router: `/mcp/{server}` for POST, GET and DELETE, and `/healthz`.
+    /// The axum router: `/mcp/{server}` for POST, GET and DELETE, `/healthz`, and `/metrics`
+    /// unless turned off.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .route("/mcp/{server}", post(handle_post).get(handle_get).delete(handle_delete))
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
-            .with_state(self.clone())
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        if self.settings.metrics {
+            router = router.route("/metrics", axum::routing::get(handle_metrics));
+        }
+        router.layer(DefaultBodyLimit::max(self.settings.max_body_bytes)).with_state(self.clone())
     }
 
     pub fn session_count(&self) -> usize {
@@ -164,6 +170,7 @@ impl HttpProxy {
         // Held until the session is in the map, so concurrent starts cannot overshoot the limit.
         let _slot = self.reserve_slot()?;
         let pipe = self.upstream_for(server, endpoint).map_err(|error| {
+            telemetry::upstream_error(server, UpstreamError::StartFailed);
             tracing::error!(%error, %server, "cannot start the upstream");
             error_reply(
                 StatusCode::BAD_GATEWAY,
@@ -490,6 +497,34 @@ async fn handle_delete(
         }
         Err(response) => response,
     }
+}
+
+async fn handle_metrics(State(proxy): State<Arc<HttpProxy>>, headers: HeaderMap) -> Response {
+    metrics_reply(&proxy.settings.origins, &headers)
+}
+
+/// `GET /metrics`: the Prometheus metrics, behind the same `Host`/`Origin` check as every other
+/// route (so a web page cannot read them through DNS rebinding) but without a token: they hold
+/// names and counts only, never a value, and a scraper on the loopback interface is the common
+/// case. Reaching them from another host takes an `allowed_hosts` entry, as for the MCP routes.
+pub fn metrics_reply(origins: &OriginPolicy, headers: &HeaderMap) -> Response {
+    if let Err(which) = origins.check(headers) {
+        return error_reply(StatusCode::FORBIDDEN, &format!("the {which} header is not allowed"));
+    }
+    let headers =
+        [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE), (header::CACHE_CONTROL, "no-store")];
+    (headers, telemetry::metrics().encode()).into_response()
+}
+
+/// A router that serves only `GET /metrics`, for `stdio --metrics-addr`.
+pub fn metrics_router(origins: OriginPolicy) -> Router {
+    let origins = Arc::new(origins);
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(
+            move |headers: HeaderMap| async move { metrics_reply(&origins, &headers) },
+        ),
+    )
 }
 
 fn is_initialize(body: &[u8]) -> bool {
