@@ -17,6 +17,7 @@
 //! * Binary blobs are not scanned as text (see [`json`] for the rule).
 
 mod detectors;
+pub mod eval;
 mod json;
 pub mod samples;
 #[cfg(test)]
