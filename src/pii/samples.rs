@@ -128,7 +128,7 @@ pub fn email(rng: &mut impl Rng) -> String {
     if rng.random_bool(0.1) { address.to_uppercase() } else { address }
 }
 
-/// A NANP number (area and exchange 2–9, not N11) in one of the common written forms.
+/// A US number in one of the common written forms, mostly by the numbering plan's rules.
 pub fn phone_us(rng: &mut impl Rng) -> String {
     let area = loop {
         let a = rng.random_range(200..1000);
@@ -136,8 +136,11 @@ pub fn phone_us(rng: &mut impl Rng) -> String {
             break a;
         }
     };
+    // Fake-data generators often ignore the numbering plan: `(504) 113-1705`.
     let exchange = if rng.random_bool(0.3) {
         555
+    } else if rng.random_bool(0.15) {
+        rng.random_range(0..200)
     } else {
         loop {
             let e = rng.random_range(200..1000);
@@ -147,7 +150,7 @@ pub fn phone_us(rng: &mut impl Rng) -> String {
         }
     };
     let line = rng.random_range(0..10000);
-    let (a, e, l) = (area, exchange, format!("{line:04}"));
+    let (a, e, l) = (area, format!("{exchange:03}"), format!("{line:04}"));
     match rng.random_range(0..11) {
         0 => format!("({a}) {e}-{l}"),
         1 => format!("{a}-{e}-{l}"),
@@ -191,24 +194,7 @@ pub fn ssn(rng: &mut impl Rng) -> String {
 }
 
 /// Card numbers that payment processors publish for testing; they are valid card numbers.
-pub const TEST_CARDS: &[&str] = &[
-    "4111111111111111",
-    "4242424242424242",
-    "4012888888881881",
-    "4000056655665556",
-    "5555555555554444",
-    "5105105105105100",
-    "2223003122003222",
-    "378282246310005",
-    "371449635398431",
-    "6011111111111117",
-    "6011000990139424",
-    "3530111333300000",
-    "3566002020360505",
-    "30569309025904",
-    "38520000023237",
-    "6200000000000005",
-];
+pub const TEST_CARDS: &[&str] = card::TEST_NUMBERS;
 
 /// Appends the Luhn check digit to `body`.
 fn with_luhn(body: &str) -> String {

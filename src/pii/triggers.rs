@@ -51,7 +51,7 @@ const TRIGGERS: &[Trigger] = &[
     // margins reach the parts around it that contain spaces (`+1 (`, `GB82 WEST `, the last
     // groups of a card or an IBAN).
     Trigger {
-        regex: r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[0-9]{9}|[0-9]{4}[ \-][0-9]{4}|[0-9]{4}[ \-][0-9]{6}|[0-9]{3}[ .\-)]{0,2}[0-9]{2,3}[ .\-]?[0-9]{4}",
+        regex: r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[0-9]{9}|[0-9]{4}[ \-][0-9]{4}|[0-9]{4}[ \-][0-9]{6}|[0-9]{3}[ .\-)/]{0,2}[0-9]{2,3}[ .\-]?[0-9]{4}",
         family: family::NUMERIC,
         left: 24,
         right: 32,
@@ -67,7 +67,7 @@ const TRIGGERS: &[Trigger] = &[
     },
     Trigger { regex: r"BEGIN", family: family::PEM, left: 16, right: 96 },
     // An access key id gives an AWS secret up to 300 bytes either side its context.
-    Trigger { regex: r"A[KS]IA|ABIA|ACCA", family: family::AWS_ID, left: 340, right: 380 },
+    Trigger { regex: r"A[KS]IA|ABIA|ACCA|A3T", family: family::AWS_ID, left: 340, right: 380 },
     Trigger { regex: r"gh[pousr]_|github_pat_", family: family::GITHUB, left: 0, right: 0 },
     Trigger { regex: r"eyJ", family: family::JWT, left: 0, right: 0 },
     // A webhook URL's `https://` comes before its trigger.

@@ -236,10 +236,11 @@ fn vendor(c: &Candidate<'_>) -> Option<Range<usize>> {
         return None;
     }
     let body = VENDOR_PREFIXES.iter().find_map(|p| s.strip_prefix(p)).unwrap_or(s);
+    let k = classes(body);
     let ok = entropy(body) >= 3.0
         && !is_placeholder(body)
         && !is_word_like(body)
-        && body.bytes().any(|b| b.is_ascii_digit());
+        && (k.digit > 0 || (k.upper > 0 && k.lower > 0));
     ok.then(|| c.span.clone())
 }
 

@@ -1,7 +1,7 @@
 //! `aws_access_key` and `aws_secret_key`.
 //!
-//! Access key ids are `AKIA` (long-term), `ASIA` (temporary), `ABIA` or `ACCA` and 16 upper-case
-//! letters or digits. AWS documents `AKIAIOSFODNN7EXAMPLE` and friends, so ids ending in `EXAMPLE`
+//! Access key ids are `AKIA` (long-term), `ASIA` (temporary), `ABIA`, `ACCA` or the older `A3T?`,
+//! then 16 upper-case letters or digits. AWS documents `AKIAIOSFODNN7EXAMPLE` and friends, so ids ending in `EXAMPLE`
 //! are not findings, nor are `AKIAXXXXXXXXXXXXXXXX`-style stand-ins.
 //!
 //! A secret access key is 40 characters of base64 (`A-Z a-z 0-9 / +`). A bare string of that
@@ -24,7 +24,7 @@ use super::{Candidate, Rule, family, priority};
 pub(super) const RULES: &[Rule] = &[
     Rule {
         pattern: "aws_access_key",
-        regex: r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+        regex: r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
         validate: access_key,
         priority: priority::STRUCTURED,
         families: family::AWS_ID,

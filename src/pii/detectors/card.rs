@@ -182,8 +182,32 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// Numbers payment processors publish for testing. They are valid card numbers, used as such in
+/// examples and test data, and never as ids — so no id word turns them into one.
+pub(crate) const TEST_NUMBERS: &[&str] = &[
+    "4111111111111111",
+    "4242424242424242",
+    "4012888888881881",
+    "4000056655665556",
+    "5555555555554444",
+    "5105105105105100",
+    "2223003122003222",
+    "378282246310005",
+    "371449635398431",
+    "6011111111111117",
+    "6011000990139424",
+    "3530111333300000",
+    "3566002020360505",
+    "30569309025904",
+    "38520000023237",
+    "6200000000000005",
+];
+
 /// A bare run after an id word is an id, unless a card word is there too.
 fn bare_context_ok(c: &Candidate<'_>) -> bool {
+    if TEST_NUMBERS.contains(&c.value()) {
+        return true;
+    }
     let before = window_before(c.text, c.span.start, 32);
     let key = c.key.map(normalize_label).unwrap_or_default();
     let card_key = ["card", "pan", "ccnumber", "cc"].iter().any(|w| key.contains(w));
@@ -230,7 +254,7 @@ mod tests {
             "0000000000000000",
             "9111111111111111111",
             "4111-1111 1111-1111",
-            "order id 4000056655665556",
+            "order id 4539578763621486",
             "pi 3.4111111111111111",
             "ISBN 978-3-16-148410-0",
             "ts 1700000000000",
@@ -238,6 +262,7 @@ mod tests {
         ] {
             assert_not_flags("credit_card", text);
         }
-        assert_flags("credit_card", "card on file for order 12: 4000056655665556");
+        assert_flags("credit_card", "card on file for order 12: 4539578763621486");
+        assert_flags("credit_card", "order id 4000056655665556");
     }
 }

@@ -1,5 +1,5 @@
 //! `iban`: International Bank Account Numbers, compact (`DE89370400440532013000`) or printed in
-//! groups of four (`DE89 3704 0044 0532 0130 00`).
+//! groups of four (`DE89 3704 0044 0532 0130 00`, rarely with dashes).
 //!
 //! Validation: the country must be in the IBAN registry, the length must be that country's, and
 //! the ISO 7064 mod-97 checksum must give 1. Because the regex may run on into a following word
@@ -13,7 +13,7 @@ use super::{Candidate, Rule, family, priority};
 
 pub(super) const RULES: &[Rule] = &[Rule {
     pattern: "iban",
-    regex: r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,32}\b",
+    regex: r"\b[A-Z]{2}[0-9]{2}(?:[ \-]?[A-Z0-9]){11,32}\b",
     validate: iban,
     priority: priority::CHECKSUMMED,
     families: family::NUMERIC,
@@ -54,8 +54,8 @@ fn iban(c: &Candidate<'_>) -> Option<Range<usize>> {
     let mut compact = String::with_capacity(want);
     let mut end = None;
     for (i, ch) in s.char_indices() {
-        if ch == ' ' {
-            // Printed IBANs put a space after every fourth character, nowhere else.
+        if ch == ' ' || ch == '-' {
+            // Printed IBANs put a space (rarely a dash) after every fourth character only.
             if compact.len() % 4 != 0 {
                 return None;
             }

@@ -15,7 +15,9 @@
 use std::net::Ipv6Addr;
 use std::ops::Range;
 
-use super::context::{next_char, prev_char, window_after, window_before, words_rev};
+use super::context::{
+    next_char, normalize_label, prev_char, window_after, window_before, words_rev,
+};
 use super::{Candidate, Rule, family, priority};
 
 pub(super) const RULES: &[Rule] = &[
@@ -40,33 +42,18 @@ pub(super) const RULES: &[Rule] = &[
     },
 ];
 
-/// Words that, just before a dotted quad, make it a version rather than an address.
+/// Words that, just before a dotted quad, make it a version (or a section number) rather than
+/// an address.
+#[rustfmt::skip]
 const VERSION_WORDS: &[&str] = &[
-    "version",
-    "ver",
-    "v",
-    "release",
-    "released",
-    "build",
-    "rev",
-    "revision",
-    "upgrade",
-    "upgraded",
-    "upgrading",
-    "update",
-    "updated",
-    "bump",
-    "bumped",
-    "firmware",
-    "fw",
-    "patch",
-    "tag",
-    "sdk",
-    "package",
-    "pkg",
-    "driver",
-    "kernel",
+    "version", "ver", "v", "release", "released", "build", "rev", "revision", "upgrade",
+    "upgraded", "upgrading", "update", "updated", "bump", "bumped", "firmware", "fw", "patch",
+    "tag", "sdk", "package", "pkg", "driver", "kernel", "section", "chapter", "clause",
+    "paragraph", "figure", "fig", "table", "step", "rule", "item", "appendix",
 ];
+
+/// JSON member names whose value is a version, whatever it looks like.
+const VERSION_KEYS: &[&str] = &["version", "ver", "build", "release", "revision", "firmware"];
 
 /// Words between a version word and the number (`upgraded to 1.2.3.4`, `version is 2.0.1.5`).
 const FILLER_WORDS: &[&str] = &["to", "from", "is", "was", "of", "at", "the", "number", "no"];
@@ -142,6 +129,12 @@ fn ipv4(c: &Candidate<'_>) -> Option<Range<usize>> {
     let mut words =
         words_rev(context).skip_while(|w| FILLER_WORDS.iter().any(|f| w.eq_ignore_ascii_case(f)));
     if words.next().is_some_and(|w| VERSION_WORDS.iter().any(|v| w.eq_ignore_ascii_case(v))) {
+        return None;
+    }
+    if c.key.is_some_and(|k| {
+        let k = normalize_label(k);
+        VERSION_KEYS.iter().any(|v| k.ends_with(v))
+    }) {
         return None;
     }
     let toy = octets.windows(2).all(|w| w[1] == w[0] + 1) && octets[3] < 10;

@@ -1,11 +1,16 @@
 //! `phone_us`: North American Numbering Plan numbers in the forms people write them —
 //! `(415) 555-0132`, `415-555-0132`, `415.555.0132`, `415 555 0132`, `+1 415 555 0132`,
-//! `+14155550132`, `1-800-555-0199`, `001-415-555-0132`, with an optional `x123`/`ext. 123`.
+//! `+14155550132`, `1-800-555-0199`, `001-415-555-0132`, `415/555-0132`, with an optional
+//! `x123`/`ext. 123`.
 //!
-//! Validation: area code and exchange start with 2–9 and are not N11 service codes; the number is
-//! not part of a longer dotted or dashed run of digits. A bare run of ten digits (or eleven with a
-//! leading 1) is an id or a timestamp far more often than a phone number, so it counts only after a
-//! phone word (`phone`, `tel`, `call`, `mobile`, …) or under a phone-like JSON key.
+//! Validation is about shape rather than numbering rules: the written separators (or a `+1`) are
+//! what make ten digits a phone number. The NANP rules (area code and exchange start with 2–9)
+//! are deliberately not enforced: test data and fake-data generators write numbers such as
+//! `(504) 113-1705`, and a real number in a payload is worth redacting either way. Rejected:
+//! stand-ins (`123-456-7890`, one digit repeated), numbers that are part of a longer dotted or
+//! dashed run of digits, and a bare run of ten digits (or eleven with a leading 1) — an id or a
+//! timestamp far more often — unless a phone word (`phone`, `tel`, `call`, `mobile`, …) comes
+//! just before it or the JSON key is phone-like.
 
 use std::ops::Range;
 
@@ -14,7 +19,7 @@ use super::{Candidate, Rule, family, priority};
 
 pub(super) const RULES: &[Rule] = &[Rule {
     pattern: "phone_us",
-    regex: r"(?:(?:(?:\+|\b00[ .\-]?)1|\b1)[ .\-]?(?:\([2-9][0-9]{2}\)|[2-9][0-9]{2})|\([2-9][0-9]{2}\)|\b[2-9][0-9]{2})[ .\-]?[2-9][0-9]{2}[ .\-]?[0-9]{4}(?:[ ]?(?:x|ext\.?|extension)[ ]?[0-9]{1,6})?\b",
+    regex: r"(?:(?:(?:\+|\b00[ .\-]?)1|\b1)[ .\-]?(?:\([0-9]{3}\)|[0-9]{3})|\([0-9]{3}\)|\b[0-9]{3})[ .\-/]?[0-9]{3}[ .\-]?[0-9]{4}(?:[ ]?(?:x|ext\.?|extension)[ ]?[0-9]{1,6})?\b",
     validate: phone_us,
     priority: priority::NUMBER,
     families: family::NUMERIC,
@@ -54,8 +59,8 @@ fn phone_us(c: &Candidate<'_>) -> Option<Range<usize>> {
     if d.len() != 10 {
         return None;
     }
-    let n11 = |x: &[u8]| x[1] == 1 && x[2] == 1;
-    if n11(&d[0..3]) || n11(&d[3..6]) {
+    let sequential = d.windows(2).all(|w| (w[0] + 1) % 10 == w[1]);
+    if sequential || d.iter().all(|&x| x == d[0]) {
         return None;
     }
     // Part of a longer number: `12-415-555-0132`, `415-555-0132-7`, `1.415.555.0132.5`.
@@ -114,12 +119,13 @@ mod tests {
 
     #[test]
     fn rejects_ids_and_impossible_numbers() {
+        assert_flags("phone_us", "(504) 113-1705");
+        assert_flags("phone_us", "(186)285-7925");
         for text in [
             "id 4155552671",
             "ts=1700000000",
             "123-456-7890",
-            "415-911-2671",
-            "411-555-0132",
+            "555-555-5555",
             "12-415-555-0132",
             "415-555-0132-77",
             "+44 20 7946 0958",
