@@ -173,11 +173,11 @@ impl Triggers {
     /// The windows of `text`.
     pub fn windows(&self, text: &str) -> Windows {
         let mut w = Windows { per_family: Default::default(), present: 0 };
-        let bytes = text.as_bytes();
+        let mut snap = Snapper { bytes: text.as_bytes(), left: None, right: None };
         for m in self.regex.find_iter(text) {
             let t = &TRIGGERS[m.pattern().as_usize()];
-            let start = snap_left(bytes, m.start().saturating_sub(t.left));
-            let end = snap_right(bytes, (m.end() + t.right).min(bytes.len()));
+            let start = snap.left(m.start().saturating_sub(t.left));
+            let end = snap.right((m.end() + t.right).min(text.len()));
             for f in 0..family::COUNT {
                 if t.family & (1 << f) != 0 {
                     push_merged(&mut w.per_family[f], start..end);
@@ -189,14 +189,45 @@ impl Triggers {
     }
 }
 
-/// The nearest position at or before `pos` that follows a boundary character (or 0).
-fn snap_left(bytes: &[u8], pos: usize) -> usize {
-    let floor = pos.saturating_sub(SNAP_LIMIT);
-    (floor..pos).rev().find(|&i| is_boundary(bytes[i])).map_or(0, |i| i + 1)
+/// Moves window edges outward to boundaries. Remembers the last stretch it scanned in each
+/// direction: triggers come in order, and in a long text without boundaries (a minified query
+/// string) every edge would otherwise rescan the same few kilobytes.
+struct Snapper<'a> {
+    bytes: &'a [u8],
+    /// `(edge, from)`: no boundary in `edge..from`; `edge` is 0 or follows a boundary.
+    left: Option<(usize, usize)>,
+    /// `(from, edge)`: no boundary in `from..edge`; `edge` is a boundary or the end.
+    right: Option<(usize, usize)>,
 }
 
-/// The nearest boundary character at or after `pos` (or the end).
-fn snap_right(bytes: &[u8], pos: usize) -> usize {
-    let ceil = (pos + SNAP_LIMIT).min(bytes.len());
-    (pos..ceil).find(|&i| is_boundary(bytes[i])).unwrap_or(bytes.len())
+impl Snapper<'_> {
+    /// The nearest position at or before `pos` that follows a boundary character (or 0, when
+    /// there is none within `SNAP_LIMIT`).
+    fn left(&mut self, pos: usize) -> usize {
+        if let Some((edge, from)) = self.left
+            && edge <= pos
+            && pos <= from
+        {
+            return edge;
+        }
+        let floor = pos.saturating_sub(SNAP_LIMIT);
+        let edge = (floor..pos).rev().find(|&i| is_boundary(self.bytes[i])).map_or(0, |i| i + 1);
+        self.left = Some((edge, pos));
+        edge
+    }
+
+    /// The nearest boundary character at or after `pos` (or the end, when there is none within
+    /// `SNAP_LIMIT`).
+    fn right(&mut self, pos: usize) -> usize {
+        if let Some((from, edge)) = self.right
+            && from <= pos
+            && pos <= edge
+        {
+            return edge;
+        }
+        let ceil = (pos + SNAP_LIMIT).min(self.bytes.len());
+        let edge = (pos..ceil).find(|&i| is_boundary(self.bytes[i])).unwrap_or(self.bytes.len());
+        self.right = Some((pos, edge));
+        edge
+    }
 }

@@ -248,6 +248,15 @@ fn vendor(c: &Candidate<'_>) -> Option<Range<usize>> {
 /// optional `Bearer `/`Token ` scheme): an AWS secret under an AWS-like name, a generic key under
 /// a credential name. `(pattern, span)`; `None` when the name says nothing about secrets.
 pub(crate) fn whole_value(key: &str, s: &str) -> Option<(&'static str, Range<usize>)> {
+    // Every credential name ends in one of these words; most member names end elsewhere, and
+    // this runs for every string in a payload.
+    let tail = key.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).as_bytes();
+    let ends = |w: &str| {
+        tail.len() >= w.len() && tail[tail.len() - w.len()..].eq_ignore_ascii_case(w.as_bytes())
+    };
+    if !["key", "token", "secret", "authorization"].iter().any(|w| ends(w)) {
+        return None;
+    }
     let flat = normalize_label(key);
     let aws_name = flat.contains("secret") && (flat.contains("aws") || flat.contains("access"));
     if !aws_name && !credential_label(key) {

@@ -52,6 +52,10 @@ const VERSION_WORDS: &[&str] = &[
     "paragraph", "figure", "fig", "table", "step", "rule", "item", "appendix",
 ];
 
+/// Words that, just after a dotted quad, make it a version.
+const FOLLOWING_VERSION_WORDS: &[&str] =
+    &["release", "released", "version", "build", "beta", "alpha", "rc", "preview", "hotfix"];
+
 /// JSON member names whose value is a version, whatever it looks like.
 const VERSION_KEYS: &[&str] = &["version", "ver", "build", "release", "revision", "firmware"];
 
@@ -131,6 +135,14 @@ fn ipv4(c: &Candidate<'_>) -> Option<Range<usize>> {
     if words.next().is_some_and(|w| VERSION_WORDS.iter().any(|v| w.eq_ignore_ascii_case(v))) {
         return None;
     }
+    // `1.0.0.0 release`, `2.1.3.4 beta`.
+    let next_word = window_after(text, c.span.end, 16).split_whitespace().next().unwrap_or("");
+    let next_word = next_word.trim_matches(|ch: char| !ch.is_ascii_alphanumeric());
+    if !next_word.is_empty()
+        && FOLLOWING_VERSION_WORDS.iter().any(|v| next_word.eq_ignore_ascii_case(v))
+    {
+        return None;
+    }
     if c.key.is_some_and(|k| {
         let k = normalize_label(k);
         VERSION_KEYS.iter().any(|v| k.ends_with(v))
@@ -207,6 +219,7 @@ mod tests {
             "1.2.3.4-beta",
             "oid 1.3.6.1.4.1.311",
             "1.2.3.4",
+            "1.0.0.0 release notes",
         ] {
             assert_not_flags("ip_address", text);
         }
