@@ -75,17 +75,10 @@ pub struct EvalError {
 
 const INPUT_TEXT: &[&str] = &["text", "input", "content", "string", "sentence", "data"];
 const INPUT_JSON: &[&str] = &["json", "payload", "body", "message"];
+#[rustfmt::skip]
 const LABEL_LISTS: &[&str] = &[
-    "expect",
-    "expected",
-    "labels",
-    "findings",
-    "entities",
-    "spans",
-    "annotations",
-    "pii",
-    "secrets",
-    "matches",
+    "expect", "expected", "labels", "findings", "entities", "spans", "annotations", "pii",
+    "secrets", "matches",
 ];
 const PATTERN_KEYS: &[&str] = &["pattern", "type", "label", "entity", "kind", "name", "category"];
 const VALUE_KEYS: &[&str] = &["value", "text", "match", "matched", "span_text", "secret"];

@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use super::context::{
-    classes, entropy, is_placeholder, normalize_label, window_after, window_before,
+    classes, entropy, is_placeholder, normalize_label, window_after, window_before, words_rev,
 };
 use super::{Candidate, Rule, family, priority};
 
@@ -84,10 +84,10 @@ fn contextual_secret(c: &Candidate<'_>) -> Option<Range<usize>> {
 /// Whether `context` (the text just before a secret-shaped `value`, or its JSON member name) says
 /// it is an AWS secret key; see the module docs.
 pub(crate) fn secret_context_ok(context: &str, value: &str) -> bool {
+    // A word starting with `aws` (`AWS_SECRET`, `awsSecret`), not the letters inside `laws`.
+    let aws = words_rev(context).any(|w| w.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("aws")));
     let flat = normalize_label(context);
-    flat.contains("aws")
-        || flat.contains("secretaccess")
-        || (flat.contains("secret") && value.contains(['/', '+']))
+    aws || flat.contains("secretaccess") || (flat.contains("secret") && value.contains(['/', '+']))
 }
 
 /// Whether `s` contains something shaped like an access key id.
@@ -141,6 +141,7 @@ mod tests {
         assert_flags("aws_secret_key", "secret_key=k8Jd7Hs2Lq9Wm3Np5Rt1/x4Zb6Cf0Gh2Jk8Mn3Pq");
         assert_flags("aws_secret_key", &format!("AKIAZ4X7QWERTY2PLMNB,{SECRET}"));
         assert_flags("aws_secret_key", &format!("the AWS secret is {SECRET}."));
+        assert_not_flags("aws_secret_key", &format!("new laws: {SECRET}"));
         // A git SHA-1 is hex, and 40-char slices of longer base64 runs do not stand alone.
         assert_not_flags("aws_secret_key", "secret 3f786850e387550fdab836ed7e6dc881de23001b");
         assert_not_flags("aws_secret_key", &format!("secret {SECRET}{SECRET}"));

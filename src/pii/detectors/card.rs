@@ -23,51 +23,17 @@ pub(super) const RULES: &[Rule] = &[Rule {
     min_digits: 13,
 }];
 
+#[rustfmt::skip]
 const CARD_WORDS: &[&str] = &[
-    "card",
-    "cc",
-    "credit",
-    "debit",
-    "visa",
-    "mastercard",
-    "amex",
-    "discover",
-    "pan",
-    "payment",
-    "cardnumber",
-    "jcb",
-    "diners",
-    "unionpay",
-    "maestro",
+    "card", "cc", "credit", "debit", "visa", "mastercard", "amex", "discover", "pan", "payment",
+    "cardnumber", "jcb", "diners", "unionpay", "maestro",
 ];
 
+#[rustfmt::skip]
 const ID_WORDS: &[&str] = &[
-    "order",
-    "invoice",
-    "tracking",
-    "id",
-    "ref",
-    "reference",
-    "transaction",
-    "txn",
-    "confirmation",
-    "account",
-    "acct",
-    "isbn",
-    "ean",
-    "upc",
-    "imei",
-    "serial",
-    "sku",
-    "timestamp",
-    "ts",
-    "epoch",
-    "phone",
-    "tel",
-    "shipment",
-    "parcel",
-    "ticket",
-    "case",
+    "order", "invoice", "tracking", "id", "ref", "reference", "transaction", "txn", "confirmation",
+    "account", "acct", "isbn", "ean", "upc", "imei", "serial", "sku", "timestamp", "ts", "epoch",
+    "phone", "tel", "shipment", "parcel", "ticket", "case",
 ];
 
 fn credit_card(c: &Candidate<'_>) -> Option<Range<usize>> {
@@ -184,23 +150,12 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
 
 /// Numbers payment processors publish for testing. They are valid card numbers, used as such in
 /// examples and test data, and never as ids — so no id word turns them into one.
+#[rustfmt::skip]
 pub(crate) const TEST_NUMBERS: &[&str] = &[
-    "4111111111111111",
-    "4242424242424242",
-    "4012888888881881",
-    "4000056655665556",
-    "5555555555554444",
-    "5105105105105100",
-    "2223003122003222",
-    "378282246310005",
-    "371449635398431",
-    "6011111111111117",
-    "6011000990139424",
-    "3530111333300000",
-    "3566002020360505",
-    "30569309025904",
-    "38520000023237",
-    "6200000000000005",
+    "4111111111111111", "4242424242424242", "4012888888881881", "4000056655665556",
+    "5555555555554444", "5105105105105100", "2223003122003222", "378282246310005",
+    "371449635398431", "6011111111111117", "6011000990139424", "3530111333300000",
+    "3566002020360505", "30569309025904", "38520000023237", "6200000000000005",
 ];
 
 /// A bare run after an id word is an id, unless a card word is there too.

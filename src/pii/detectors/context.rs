@@ -89,25 +89,10 @@ pub(crate) fn longest_run(s: &str) -> usize {
 
 /// Words that mark a value as a stand-in rather than a real secret (`your_api_key_here`,
 /// `<token>`, `xxxx…`, AWS's `…EXAMPLE` keys).
+#[rustfmt::skip]
 const PLACEHOLDER_WORDS: &[&str] = &[
-    "example",
-    "your",
-    "xxxx",
-    "placeholder",
-    "changeme",
-    "change_me",
-    "redacted",
-    "dummy",
-    "sample",
-    "insert",
-    "replace",
-    "here",
-    "todo",
-    "foobar",
-    "notreal",
-    "not_real",
-    "fake",
-    "****",
+    "example", "your", "xxxx", "placeholder", "changeme", "change_me", "redacted", "dummy",
+    "sample", "insert", "replace", "here", "todo", "foobar", "notreal", "not_real", "fake", "****",
 ];
 
 /// Whether `v` reads as a placeholder (see [`PLACEHOLDER_WORDS`]) or is one byte repeated.

@@ -63,42 +63,12 @@ const VERSION_KEYS: &[&str] = &["version", "ver", "build", "release", "revision"
 const FILLER_WORDS: &[&str] = &["to", "from", "is", "was", "of", "at", "the", "number", "no"];
 
 /// Words that make even `1.2.3.4` an address.
+#[rustfmt::skip]
 const NETWORK_WORDS: &[&str] = &[
-    "ip",
-    "ipv4",
-    "addr",
-    "address",
-    "host",
-    "server",
-    "client",
-    "remote",
-    "peer",
-    "src",
-    "dst",
-    "source",
-    "destination",
-    "gateway",
-    "dns",
-    "nameserver",
-    "ping",
-    "connect",
-    "connected",
-    "connection",
-    "blocked",
-    "banned",
-    "allowlist",
-    "whitelist",
-    "firewall",
-    "subnet",
-    "route",
-    "proxy",
-    "inet",
-    "localhost",
-    "nat",
-    "vpn",
-    "login",
-    "origin",
-    "forwarded",
+    "ip", "ipv4", "addr", "address", "host", "server", "client", "remote", "peer", "src", "dst",
+    "source", "destination", "gateway", "dns", "nameserver", "ping", "connect", "connected",
+    "connection", "blocked", "banned", "allowlist", "whitelist", "firewall", "subnet", "route",
+    "proxy", "inet", "localhost", "nat", "vpn", "login", "origin", "forwarded",
 ];
 
 fn ipv4(c: &Candidate<'_>) -> Option<Range<usize>> {

@@ -26,23 +26,10 @@ pub(super) const RULES: &[Rule] = &[Rule {
     min_digits: 10,
 }];
 
+#[rustfmt::skip]
 const PHONE_WORDS: &[&str] = &[
-    "phone",
-    "tel",
-    "telephone",
-    "mobile",
-    "cell",
-    "cellphone",
-    "call",
-    "fax",
-    "sms",
-    "text",
-    "whatsapp",
-    "dial",
-    "ph",
-    "mob",
-    "contact",
-    "phonenumber",
+    "phone", "tel", "telephone", "mobile", "cell", "cellphone", "call", "fax", "sms", "text",
+    "whatsapp", "dial", "ph", "mob", "contact", "phonenumber",
 ];
 
 const PHONE_KEYS: &[&str] = &["phone", "mobile", "tel", "fax", "cell", "sms", "msisdn"];
