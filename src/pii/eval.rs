@@ -614,9 +614,9 @@ mod tests {
 
     #[test]
     fn counts_json_items_by_pointer() {
-        let r = run(concat!(
+        let r = run(
             r#"{"json": {"a": ["bob@acme.io", "x"], "b": {"ssn": "536221234"}}, "expect": [{"pattern": "email", "pointer": "/a/0"}, {"pattern": "ssn", "pointer": "/b/ssn"}, {"pattern": "iban", "pointer": "/a/1"}]}"#,
-        ));
+        );
         assert_eq!(r.patterns["email"].tp, 1);
         assert_eq!(r.patterns["ssn"].tp, 1);
         assert_eq!(r.patterns["iban"].fn_, 1);

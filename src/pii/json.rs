@@ -94,11 +94,7 @@ fn walk<'a>(
     visitor: &mut impl Visitor,
 ) {
     match value {
-        Value::String(s) => {
-            if !is_unkeyed_blob(s) {
-                visitor.string(scanner, s, key, path);
-            }
-        }
+        Value::String(s) if !is_unkeyed_blob(s) => visitor.string(scanner, s, key, path),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 path.push(Segment::Index(i));

@@ -110,7 +110,7 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
 pub(crate) fn is_word_like(v: &str) -> bool {
     let total = v.len();
     let wordy: usize = v
-        .split(|c: char| matches!(c, '_' | '-' | '.' | '/' | '+' | '=' | '~' | ':'))
+        .split(['_', '-', '.', '/', '+', '=', '~', ':'])
         .filter(|seg| seg.len() >= 2 && seg.bytes().all(|b| b.is_ascii_alphabetic()))
         .filter(|seg| {
             seg.bytes().all(|b| b.is_ascii_lowercase())

@@ -56,7 +56,7 @@ fn iban(c: &Candidate<'_>) -> Option<Range<usize>> {
     for (i, ch) in s.char_indices() {
         if ch == ' ' || ch == '-' {
             // Printed IBANs put a space (rarely a dash) after every fourth character only.
-            if compact.len() % 4 != 0 {
+            if !compact.len().is_multiple_of(4) {
                 return None;
             }
             continue;
@@ -72,7 +72,7 @@ fn iban(c: &Candidate<'_>) -> Option<Range<usize>> {
     if next_char(c.text, end).is_some_and(|ch| ch.is_ascii_alphanumeric()) {
         return None;
     }
-    mod97(&compact).then(|| c.span.start..end)
+    mod97(&compact).then_some(c.span.start..end)
 }
 
 /// ISO 7064 MOD 97-10 over the rearranged IBAN (country and check digits moved to the end).

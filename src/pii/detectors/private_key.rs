@@ -26,15 +26,15 @@ fn block(c: &Candidate<'_>) -> Option<Range<usize>> {
     let footer_at = body + (after.len() - skip_breaks(after).len());
     let footer = &rest[footer_at..];
     let mut end = body;
-    if footer.starts_with("-----END ") || footer.starts_with("---- END ") {
-        if let Some(i) = footer.find("PRIVATE KEY") {
-            let tail = &footer[i + "PRIVATE KEY".len()..];
-            let tail = tail.strip_prefix(" BLOCK").unwrap_or(tail);
-            let tail = tail.strip_prefix(' ').unwrap_or(tail);
-            let dashes = tail.len() - tail.trim_start_matches('-').len();
-            if dashes >= 4 {
-                end = footer_at + (footer.len() - tail.len()) + dashes;
-            }
+    if (footer.starts_with("-----END ") || footer.starts_with("---- END "))
+        && let Some(i) = footer.find("PRIVATE KEY")
+    {
+        let tail = &footer[i + "PRIVATE KEY".len()..];
+        let tail = tail.strip_prefix(" BLOCK").unwrap_or(tail);
+        let tail = tail.strip_prefix(' ').unwrap_or(tail);
+        let dashes = tail.len() - tail.trim_start_matches('-').len();
+        if dashes >= 4 {
+            end = footer_at + (footer.len() - tail.len()) + dashes;
         }
     }
     Some(c.span.start..c.span.end + end)
