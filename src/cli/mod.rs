@@ -14,6 +14,7 @@ mod export;
 mod keygen;
 mod ledger;
 mod operators;
+mod pii;
 mod policy;
 mod policy_test;
 mod proofs;
@@ -88,6 +89,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure the latency the proxy adds to a tools/call, against a direct connection
     Bench(bench::BenchArgs),
+    /// Try the PII detectors on a file, score them on a labelled corpus, or measure their speed
+    Pii(pii::PiiArgs),
     /// The demo's customer-operations MCP server, on stdio (used by `demo` and the tests)
     #[command(hide = true)]
     DemoServer {
@@ -119,6 +122,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Migrate(args) => ledger::migrate(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Pii(args) => pii::run(args).await,
         Command::DemoServer { call_log } => crate::demo::server::serve_stdio(call_log)
             .await
             .map(|()| exit::OK)

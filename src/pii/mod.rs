@@ -1,35 +1,46 @@
 //! PII and secret detection and redaction. Pure: knows nothing of transports, storage or MCP
-//! routing; it only sees text and JSON values.
+//! routing; it only sees text and JSON values. `docs/pii.md` describes every detector.
 //!
 //! * [`Scanner`] is built once from a [`ScannerConfig`]: the enabled built-in detectors plus custom
-//!   `(name, regex)` detectors.
-//! * Speed: a `RegexSet` over all detectors runs once over each string; only the detectors it
-//!   reports are run again (per-pattern `Regex`) to get spans, then validated.
+//!   `(name, regex)` detectors. It is `Send + Sync`; share one behind an `Arc`.
+//! * Speed: one pass of a multi-pattern regex of short triggers over each string finds where
+//!   candidates can be ([`triggers`]); each detector's own regex then runs only in the small
+//!   windows around its triggers, and its validator accepts, adjusts or rejects what it finds.
+//!   Strings without a trigger cost that one pass. Custom patterns run over the whole string.
 //! * Values never leak: [`Match`] and [`Finding`] carry the pattern name and a location (byte range,
 //!   RFC 6901 JSON pointer) — never the matched text nor a hash of it, Debug included.
-//! * Overlaps: within one string, when two detectors match overlapping spans, the earlier-starting
-//!   (then longer) match wins and the other is dropped, so each byte is attributed to one pattern.
-//! * JSON coverage: every string value at any depth of arrays and objects is scanned. Object keys
-//!   are not scanned (they are structure, and renaming them on redaction could collide).
-//! * Binary blobs are not scanned as text. The rule: a string under a key named `blob` or `data`,
-//!   inside an object whose `type` is `"image"` or `"audio"` or which has a `mimeType` member, and
-//!   whose content is base64 (only base64 alphabet, `=` padding and whitespace). This covers MCP
-//!   image/audio content and blob resource contents. Such a string that is *not* base64 is scanned.
-//! * Credential context: a string value whose object key is credential-like (`api_key`, `token`,
-//!   `client_secret`, …) is checked as a whole as a `generic_api_key` (same entropy validation).
+//! * Overlaps: within one string, when two findings overlap, the more specific pattern wins (a
+//!   GitHub token labelled `token=` is a `github_token`, not a `generic_api_key`), then the earlier
+//!   and longer one; every byte belongs to at most one finding.
+//! * JSON coverage: every string value at any depth of arrays and objects is scanned (see
+//!   [`json`]). Object keys are not scanned; they are context (`{"api_key": "…"}`).
+//! * Binary blobs are not scanned as text (see [`json`] for the rule).
 
-mod patterns;
+mod detectors;
+pub mod eval;
+mod json;
+pub mod samples;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+mod triggers;
+pub mod workload;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use regex::{Regex, RegexSet};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// Names of the built-in detectors, in the order they are tried.
+use detectors::{Candidate, Validate};
+
+/// Names of the built-in detectors, in the order they are listed in the docs.
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-    patterns::BUILTINS.iter().map(|b| b.name)
+    detectors::PATTERNS.iter().map(|p| p.name)
+}
+
+/// One line on what a built-in detector finds, or `None` for an unknown name.
+pub fn builtin_summary(name: &str) -> Option<&'static str> {
+    detectors::PATTERNS.iter().find(|p| p.name == name).map(|p| p.summary)
 }
 
 /// Which detectors to run.
@@ -71,27 +82,46 @@ pub struct Finding {
     pub pointer: String,
 }
 
+/// One compiled regex with what to do with its matches.
 struct Detector {
-    name: String,
+    /// Index into `Scanner::names`.
+    name: usize,
+    /// Trigger families whose windows this detector runs in; 0 (custom patterns): everywhere.
+    families: u16,
+    /// See `detectors::Rule::min_digits`.
+    min_digits: u8,
     regex: Regex,
-    has_value_group: bool,
-    validate: Option<patterns::Validate>,
+    value_group: Option<usize>,
+    label_group: Option<usize>,
+    validate: Option<Validate>,
+    priority: u8,
+}
+
+/// Built-in detectors that run in the same windows, and a set that tells which of them match in
+/// a given window (so that five number detectors cost one pass over a window, not five).
+struct Group {
+    families: u16,
+    members: Vec<usize>,
+    set: Option<RegexSet>,
 }
 
 /// A compiled set of detectors. Build once, share freely (`Send + Sync`).
 pub struct Scanner {
+    /// Pattern names, built-ins first (in [`builtin_names`] order), then custom ones.
+    names: Vec<String>,
     detectors: Vec<Detector>,
-    set: RegexSet,
-    /// Index of `generic_api_key` when enabled, for the credential-key context rule.
-    generic_idx: Option<usize>,
-    credential_key: Regex,
-    credential_value: Regex,
+    groups: Vec<Group>,
+    /// Custom detectors, which have no triggers and run over whole strings.
+    custom: Vec<usize>,
+    triggers: triggers::Triggers,
+    /// Whether `generic_api_key` / `aws_secret_key` run, for the JSON member-name rule.
+    generic: Option<usize>,
+    aws_secret: Option<usize>,
 }
 
 impl std::fmt::Debug for Scanner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.detectors.iter().map(|d| d.name.as_str()).collect();
-        f.debug_struct("Scanner").field("patterns", &names).finish()
+        f.debug_struct("Scanner").field("patterns", &self.names).finish()
     }
 }
 
@@ -108,49 +138,63 @@ impl Scanner {
                 return Err(PiiError::UnknownPattern(name.clone()));
             }
         }
+        let mut names: Vec<String> = builtin_names()
+            .filter(|b| !config.disabled.iter().any(|d| d == b))
+            .map(str::to_string)
+            .collect();
         let mut detectors = Vec::new();
-        for b in patterns::BUILTINS {
-            if config.disabled.iter().any(|d| d == b.name) {
-                continue;
-            }
-            // ASCII word boundaries keep the DFA usable on non-ASCII text (Unicode `\b` would
-            // force the slower engines whenever a payload contains a non-ASCII character).
-            let source = b.regex.replace(r"\b", r"(?-u:\b)");
+        for rule in detectors::rules() {
+            let Some(name) = names.iter().position(|n| n == rule.pattern) else { continue };
+            // ASCII word boundaries keep the DFA usable on non-ASCII text (a Unicode `\b` makes
+            // the regex engine give up its fast path whenever a payload has a non-ASCII byte).
+            let source = rule.regex.replace(r"\b", r"(?-u:\b)");
             let regex = Regex::new(&source).expect("built-in PII regex compiles");
-            detectors.push(Detector {
-                name: b.name.to_string(),
-                has_value_group: regex.capture_names().any(|n| n == Some("v")),
-                regex,
-                validate: b.validate,
-            });
+            let mut d = Detector::new(name, regex, Some(rule.validate), rule.priority);
+            d.families = rule.families;
+            d.min_digits = rule.min_digits;
+            detectors.push(d);
         }
         for (name, source) in &config.custom {
             if !valid_name(name) {
                 return Err(PiiError::InvalidName(name.clone()));
             }
-            if builtin_names().any(|b| b == name) || detectors.iter().any(|d| &d.name == name) {
+            if builtin_names().any(|b| b == name) || names.contains(name) {
                 return Err(PiiError::DuplicatePattern(name.clone()));
             }
             let regex = Regex::new(source).map_err(|e| PiiError::InvalidRegex {
                 name: name.clone(),
                 reason: e.to_string(),
             })?;
-            detectors.push(Detector {
-                name: name.clone(),
-                has_value_group: regex.capture_names().any(|n| n == Some("v")),
+            names.push(name.clone());
+            detectors.push(Detector::new(
+                names.len() - 1,
                 regex,
-                validate: None,
-            });
+                None,
+                detectors::priority::CUSTOM,
+            ));
         }
-        let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
-            .map_err(|e| PiiError::InvalidRegex { name: "(set)".into(), reason: e.to_string() })?;
-        let generic_idx = detectors.iter().position(|d| d.name == "generic_api_key");
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, d) in detectors.iter().enumerate().filter(|(_, d)| d.families != 0) {
+            match groups.iter_mut().find(|g| g.families == d.families) {
+                Some(g) => g.members.push(i),
+                None => groups.push(Group { families: d.families, members: vec![i], set: None }),
+            }
+        }
+        for g in groups.iter_mut().filter(|g| g.members.len() > 1) {
+            let set = RegexSet::new(g.members.iter().map(|&i| detectors[i].regex.as_str()))
+                .expect("built-in PII regexes compile as a set");
+            g.set = Some(set);
+        }
+        let custom = (0..detectors.len()).filter(|&i| detectors[i].families == 0).collect();
+        let find = |n: &str| names.iter().position(|x| x == n);
         Ok(Scanner {
+            generic: find("generic_api_key"),
+            aws_secret: find("aws_secret_key"),
+            names,
             detectors,
-            set,
-            generic_idx,
-            credential_key: Regex::new(patterns::CREDENTIAL_KEY_NAME).expect("compiles"),
-            credential_value: Regex::new(patterns::CREDENTIAL_VALUE).expect("compiles"),
+            groups,
+            custom,
+            triggers: triggers::Triggers::new(),
         })
     }
 
@@ -161,56 +205,36 @@ impl Scanner {
 
     /// Names of the detectors this scanner runs.
     pub fn pattern_names(&self) -> impl Iterator<Item = &str> {
-        self.detectors.iter().map(|d| d.name.as_str())
+        self.names.iter().map(String::as_str)
     }
 
     /// Detections in `text`, sorted by position, non-overlapping.
     pub fn scan_text(&self, text: &str) -> Vec<Match> {
-        if text.is_empty() {
-            return Vec::new();
-        }
-        let hits = self.set.matches(text);
-        if !hits.matched_any() {
-            return Vec::new();
-        }
-        let mut found = Vec::new();
-        for i in hits.iter() {
-            let d = &self.detectors[i];
-            let mut push = |r: Range<usize>| {
-                if !r.is_empty() && d.validate.is_none_or(|f| f(text, r.clone())) {
-                    found.push(Match { pattern: d.name.clone(), range: r });
-                }
-            };
-            if d.has_value_group {
-                for caps in d.regex.captures_iter(text) {
-                    if let Some(m) = caps.name("v").or_else(|| caps.get(0)) {
-                        push(m.range());
-                    }
-                }
-            } else {
-                for m in d.regex.find_iter(text) {
-                    push(m.range());
-                }
-            }
-        }
-        resolve_overlaps(found)
+        self.scan_str(text, None)
+            .into_iter()
+            .map(|(name, range)| Match { pattern: self.names[name].clone(), range })
+            .collect()
     }
 
-    /// Findings for every string in `value`, recursively (see the module docs for the rules).
+    /// Findings for every string in `value`, recursively (see [`json`] for the rules).
     pub fn scan_json(&self, value: &Value) -> Vec<Finding> {
-        let mut out = Vec::new();
-        let mut ptr = String::new();
-        self.walk(value, None, &mut ptr, &mut out, false);
-        out
+        json::scan(self, value)
+    }
+
+    /// Parses `bytes` as JSON and scans it: the proxy's view of a message body.
+    pub fn scan_json_bytes(&self, bytes: &[u8]) -> Result<Vec<Finding>, serde_json::Error> {
+        let value: Value = serde_json::from_slice(bytes)?;
+        Ok(self.scan_json(&value))
+    }
+
+    /// How many findings [`Scanner::scan_json`] would return, without building them.
+    pub fn count_json(&self, value: &Value) -> usize {
+        json::count(self, value)
     }
 
     /// A copy of `value` with each match replaced by `[REDACTED:<pattern>]`, and the findings.
     pub fn redact_json(&self, value: &Value) -> (Value, Vec<Finding>) {
-        let mut out = Vec::new();
-        let mut ptr = String::new();
-        let redacted =
-            self.walk(value, None, &mut ptr, &mut out, true).unwrap_or_else(|| value.clone());
-        (redacted, out)
+        json::redact(self, value)
     }
 
     /// Redacts `text` in place of each match; returns the new text and the matches.
@@ -219,117 +243,160 @@ impl Scanner {
         (apply_redaction(text, &matches), matches)
     }
 
-    /// Matches in one string value, with its object key (if any) as context.
-    fn scan_string(&self, s: &str, key: Option<&str>) -> Vec<Match> {
-        let mut matches = self.scan_text(s);
-        if let (Some(idx), Some(key)) = (self.generic_idx, key)
-            && matches.is_empty()
-            && self.credential_key.is_match(key)
-            && self.credential_value.is_match(s)
-            && patterns::generic_api_key(s, 0..s.len())
-        {
-            matches.push(Match { pattern: self.detectors[idx].name.clone(), range: 0..s.len() });
+    /// The same as [`Scanner::scan_text`] without triggers and windows: every detector over the
+    /// whole text. Slow; the tests check that it agrees with the fast path.
+    #[cfg(test)]
+    pub(crate) fn scan_text_exhaustive(&self, text: &str) -> Vec<Match> {
+        let mut found = Vec::new();
+        for d in &self.detectors {
+            d.run(text, 0..text.len(), None, &mut found);
         }
-        matches
+        resolve_overlaps(found)
+            .into_iter()
+            .map(|(name, range)| Match { pattern: self.names[name].clone(), range })
+            .collect()
     }
 
-    /// Visits `value`; in redact mode returns the rewritten copy.
-    fn walk(
+    /// Detections in one string, with its JSON member name (if any) as context: `(name, range)`
+    /// sorted by position.
+    fn scan_str(&self, text: &str, key: Option<&str>) -> Vec<(usize, Range<usize>)> {
+        let mut found: Vec<(u8, usize, Range<usize>)> = Vec::new();
+        if !text.is_empty() {
+            let windows = self.triggers.windows(text);
+            for g in self.groups.iter().filter(|g| windows.any(g.families)) {
+                for w in windows.of(g.families).iter() {
+                    self.run_group(g, text, w.clone(), key, &mut found);
+                }
+            }
+            for &i in &self.custom {
+                self.detectors[i].run(text, 0..text.len(), key, &mut found);
+            }
+        }
+        if let Some(key) = key {
+            self.member_name_rule(text, key, &mut found);
+        }
+        resolve_overlaps(found)
+    }
+
+    /// Runs the members of `g` that can match in `window`.
+    fn run_group(
         &self,
-        value: &Value,
+        g: &Group,
+        text: &str,
+        window: Range<usize>,
         key: Option<&str>,
-        ptr: &mut String,
-        out: &mut Vec<Finding>,
-        redact: bool,
-    ) -> Option<Value> {
-        match value {
-            Value::String(s) => {
-                let matches = self.scan_string(s, key);
-                out.extend(
-                    matches
-                        .iter()
-                        .map(|m| Finding { pattern: m.pattern.clone(), pointer: ptr.clone() }),
-                );
-                redact.then(|| Value::String(apply_redaction(s, &matches)))
+        found: &mut Vec<(u8, usize, Range<usize>)>,
+    ) {
+        let slice = &text[window.clone()];
+        let digits = slice.bytes().filter(u8::is_ascii_digit).count();
+        let mut run = |i: usize| {
+            let d = &self.detectors[i];
+            if digits >= usize::from(d.min_digits) {
+                d.run(text, window.clone(), key, found);
             }
-            Value::Array(items) => {
-                let mut copy = Vec::with_capacity(if redact { items.len() } else { 0 });
-                for (i, item) in items.iter().enumerate() {
-                    let len = ptr.len();
-                    ptr.push('/');
-                    ptr.push_str(&i.to_string());
-                    let v = self.walk(item, None, ptr, out, redact);
-                    ptr.truncate(len);
-                    if let Some(v) = v {
-                        copy.push(v);
-                    }
+        };
+        match &g.set {
+            Some(set) => {
+                if g.members.iter().any(|&i| digits >= usize::from(self.detectors[i].min_digits)) {
+                    set.matches(slice).iter().for_each(|m| run(g.members[m]));
                 }
-                redact.then_some(Value::Array(copy))
             }
-            Value::Object(map) => {
-                let mut copy = Map::new();
-                for (k, v) in map {
-                    if let Value::String(s) = v
-                        && is_binary_blob(map, k, s)
-                    {
-                        if redact {
-                            copy.insert(k.clone(), v.clone());
-                        }
-                        continue;
-                    }
-                    let len = ptr.len();
-                    ptr.push('/');
-                    push_escaped(ptr, k);
-                    let nv = self.walk(v, Some(k), ptr, out, redact);
-                    ptr.truncate(len);
-                    if let Some(nv) = nv {
-                        copy.insert(k.clone(), nv);
-                    }
-                }
-                redact.then_some(Value::Object(copy))
+            None => g.members.iter().for_each(|&i| run(i)),
+        }
+    }
+
+    /// A string whose member name is a credential name is checked as a whole (JSON has no
+    /// `api_key=` inside `{"api_key": "…"}`), unless something already covers it.
+    fn member_name_rule(&self, text: &str, key: &str, found: &mut Vec<(u8, usize, Range<usize>)>) {
+        if self.generic.is_none() && self.aws_secret.is_none() {
+            return;
+        }
+        let Some((pattern, span)) = detectors::whole_value(key, text) else { return };
+        if found.iter().any(|(_, _, r)| r.start < span.end && span.start < r.end) {
+            return;
+        }
+        let (name, priority) = match pattern {
+            "aws_secret_key" => (self.aws_secret, detectors::priority::AWS_SECRET),
+            _ => (self.generic, detectors::priority::GENERIC),
+        };
+        // With `aws_secret_key` disabled, an AWS secret under a credential name is still a key.
+        if let Some(name) = name.or(self.generic) {
+            found.push((priority, name, span));
+        }
+    }
+}
+
+impl Detector {
+    fn new(name: usize, regex: Regex, validate: Option<Validate>, priority: u8) -> Detector {
+        let group = |g: &str| regex.capture_names().position(|n| n == Some(g));
+        let (value_group, label_group) = (group("v"), group("k"));
+        Detector {
+            name,
+            families: 0,
+            min_digits: 0,
+            value_group,
+            label_group,
+            regex,
+            validate,
+            priority,
+        }
+    }
+
+    /// Appends this detector's validated matches inside `window` of `text` as
+    /// `(priority, name, span)`. Window edges are where no match can cross (see [`triggers`]), so
+    /// searching the slice finds what searching the whole text would find there.
+    fn run(
+        &self,
+        text: &str,
+        window: Range<usize>,
+        key: Option<&str>,
+        found: &mut Vec<(u8, usize, Range<usize>)>,
+    ) {
+        let base = window.start;
+        let slice = &text[window];
+        let at = |r: Range<usize>| base + r.start..base + r.end;
+        let mut push = |span: Range<usize>, label: Option<Range<usize>>| {
+            let span = match self.validate {
+                Some(validate) => validate(&Candidate { text, span, label, key }),
+                None => Some(span),
+            };
+            if let Some(span) = span.filter(|s| !s.is_empty()) {
+                found.push((self.priority, self.name, span));
             }
-            other => redact.then(|| other.clone()),
+        };
+        if self.value_group.is_none() && self.label_group.is_none() {
+            for m in self.regex.find_iter(slice) {
+                push(at(m.range()), None);
+            }
+            return;
+        }
+        for caps in self.regex.captures_iter(slice) {
+            let Some(whole) = caps.get(0) else { continue };
+            let span =
+                self.value_group.and_then(|g| caps.get(g)).map_or(whole.range(), |m| m.range());
+            push(at(span), self.label_group.and_then(|g| caps.get(g)).map(|m| at(m.range())));
         }
     }
 }
 
-/// RFC 6901 escaping of one reference token: `~` → `~0`, `/` → `~1`.
-fn push_escaped(ptr: &mut String, token: &str) {
-    for c in token.chars() {
-        match c {
-            '~' => ptr.push_str("~0"),
-            '/' => ptr.push_str("~1"),
-            c => ptr.push(c),
+/// Keeps, where spans overlap, the finding of higher priority, then the earlier-starting, then
+/// the longer; returns `(name, range)` sorted by start.
+fn resolve_overlaps(mut found: Vec<(u8, usize, Range<usize>)>) -> Vec<(usize, Range<usize>)> {
+    if found.len() <= 1 {
+        return found.into_iter().map(|(_, n, r)| (n, r)).collect();
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.start.cmp(&b.2.start)).then(b.2.end.cmp(&a.2.end)));
+    // Kept spans by start; they never overlap, so a new span overlaps one of them exactly when it
+    // overlaps its nearest neighbour on the left or the right.
+    let mut kept: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (_, name, r) in found {
+        let left = kept.range(..=r.start).next_back().is_some_and(|(_, &(end, _))| end > r.start);
+        let right = kept.range(r.start..r.end).next().is_some();
+        if !left && !right {
+            kept.insert(r.start, (r.end, name));
         }
     }
-}
-
-/// The binary-blob rule from the module docs.
-fn is_binary_blob(obj: &Map<String, Value>, key: &str, s: &str) -> bool {
-    if key != "blob" && key != "data" {
-        return false;
-    }
-    let media = matches!(obj.get("type").and_then(Value::as_str), Some("image" | "audio"));
-    if !media && !obj.contains_key("mimeType") {
-        return false;
-    }
-    s.bytes().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
-            || b.is_ascii_whitespace()
-    })
-}
-
-/// Keeps the earliest-starting (then longest) match where spans overlap; sorted by start.
-fn resolve_overlaps(mut found: Vec<Match>) -> Vec<Match> {
-    found.sort_by(|a, b| a.range.start.cmp(&b.range.start).then(b.range.end.cmp(&a.range.end)));
-    let mut kept: Vec<Match> = Vec::with_capacity(found.len());
-    for m in found {
-        if kept.last().is_none_or(|k| m.range.start >= k.range.end) {
-            kept.push(m);
-        }
-    }
-    kept
+    kept.into_iter().map(|(start, (end, name))| (name, start..end)).collect()
 }
 
 /// Replaces each (sorted, non-overlapping) match with `[REDACTED:<pattern>]`.
