@@ -73,6 +73,33 @@ where
     Ok(())
 }
 
+/// Serves `customer-ops` over MCP Streamable HTTP at `http://<listener>/mcp` (rmcp's server,
+/// one session per `initialize`, no SSE keep-alives) until `stop` is cancelled. The benchmark
+/// runs it in process as the fast HTTP upstream that clients call directly and through `serve`.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let service = StreamableHttpService::new(
+        || Ok(CustomerOps::new(None)),
+        std::sync::Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .with_sse_keep_alive(None)
+            .with_cancellation_token(stop.child_token()),
+    );
+    let router = axum::Router::new().nest_service("/mcp", service);
+    // An SSE answer is written in several small pieces; without TCP_NODELAY, Nagle's algorithm
+    // holds the last one back until the client's delayed ACK, some 40 ms later.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+}
+
 /// One account in the fixture. Amounts are in minor units so nothing is lost to floats.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Customer {
