@@ -1,49 +1,84 @@
-//! `mcp-ledger bench`: the latency the proxy adds to a `tools/call`, measured against a direct
-//! connection to the same upstream in the same run — direct, through a fresh SQLite ledger, and
-//! through a fresh Postgres ledger — with p50, p99, mean and throughput per mode.
+//! `mcp-ledger bench`: what the proxy costs, measured against a direct connection in the same
+//! run. A fast upstream (the demo server) is called by N concurrent agent sessions over stdio and
+//! over Streamable HTTP, directly and through the proxy into a fresh SQLite ledger and a fresh
+//! Postgres ledger; the run also opens many idle HTTP sessions, and times `verify` and `export`
+//! on large ledgers. Every number is printed next to the issue's target for it.
 //!
-//! The machine this runs on is usually shared and noisy, so the modes are interleaved in short
-//! rounds (drift hits all of them alike), and the result is a measurement printed with ratios,
-//! never a pass/fail test: the exit code says only whether the run itself worked.
+//! The machine this runs on is usually shared and noisy, so the modes of a scenario are
+//! interleaved in short rounds (see [`scenario`]), and the result is a measurement printed with
+//! ratios, never a pass/fail test: the exit code says only whether the run itself worked. Every
+//! scratch database, temporary directory and child process is removed on every path, Ctrl-C
+//! included. How to run it and what a run on the reference machine found: `docs/performance.md`.
 
+mod bulk;
+mod fleet;
+mod http_client;
+mod idle;
+mod ledger_check;
+mod procstat;
 mod report;
+mod scenario;
 mod scratch;
+mod serve_child;
 mod session;
 mod stats;
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
-use anyhow::Context;
-use clap::Args;
-use futures::StreamExt;
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
 
 use super::{CliError, exit};
-use crate::record::EventType;
-use crate::record::verify::Verifier;
 use crate::store::{self, LedgerUrl, StoreOptions, redact_password};
-use report::{LedgerCheck, ModeRow, Report};
+use fleet::{Context, Mode, PgLedger, Transport};
+use report::{Machine, Report};
+use scenario::{Batches, Plan};
 use scratch::ScratchDatabase;
-use session::{Mode, Session};
-use stats::Summary;
+use serve_child::Upstream;
 
-/// Where the scratch database is created when neither `--postgres` nor `DATABASE_URL` says.
+/// Where the scratch databases are created when neither `--postgres` nor `DATABASE_URL` says.
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Measured calls per mode
-    #[arg(long, default_value = "2000")]
-    calls: NonZeroUsize,
+    /// Measured calls per mode in each scenario [default: 5000; --quick: 30]
+    #[arg(long)]
+    calls: Option<NonZeroUsize>,
     /// Unmeasured calls per mode before measuring, to warm processes and connections
-    #[arg(long, default_value_t = 50)]
-    warmup: usize,
-    /// Callers sharing each session and calling concurrently
-    #[arg(long, default_value = "1")]
-    concurrency: NonZeroUsize,
+    /// [default: 200; --quick: 5]
+    #[arg(long)]
+    warmup: Option<usize>,
     /// Measured calls per mode in each round; the modes take turns round by round
-    #[arg(long, default_value = "200")]
-    round: NonZeroUsize,
-    /// Postgres URL to create the scratch ledger database with; when given, an unreachable
+    /// [default: 500; --quick: 10]
+    #[arg(long)]
+    round: Option<NonZeroUsize>,
+    /// Concurrent sessions of the stdio scenarios, one scenario each; every session is its own
+    /// `mcp-ledger stdio` process [default: 1,8; --quick: 1,2]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    stdio_sessions: Option<Vec<NonZeroUsize>>,
+    /// Concurrent sessions of the HTTP scenarios, one scenario each, all through one
+    /// `mcp-ledger serve` [default: 1,4,16,64; --quick: 1,4]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    http_sessions: Option<Vec<NonZeroUsize>>,
+    /// Idle HTTP sessions to open against `serve` [default: 1000; --quick: 10]
+    #[arg(long)]
+    idle_sessions: Option<NonZeroUsize>,
+    /// Ledger sizes, in events, at which `verify` and `export` are timed, ascending
+    /// [default: 5000,50000,500000; --quick: 300,900]
+    #[arg(long, value_delimiter = ',', value_name = "EVENTS,...")]
+    ledger_sizes: Option<Vec<u64>>,
+    /// How long one `export` may run before it is stopped and reported as such
+    /// [default: 60; --quick: 20]
+    #[arg(long, value_name = "SECS")]
+    export_limit_secs: Option<u64>,
+    /// Parts of the run to leave out
+    #[arg(long, value_delimiter = ',', value_name = "PART,...")]
+    skip: Vec<Part>,
+    /// A short run that checks the harness rather than measuring the proxy
+    #[arg(long)]
+    quick: bool,
+    /// Postgres URL to create the scratch ledger databases with; when given, an unreachable
     /// server is an error [default: $DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres]
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
@@ -52,32 +87,119 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// A part of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    /// The stdio scenarios
+    Stdio,
+    /// The HTTP scenarios
+    Http,
+    /// The idle HTTP sessions
+    Idle,
+    /// verify and export on large ledgers
+    Ledger,
+}
+
+/// The arguments with `--quick`'s or the full run's defaults filled in.
+struct Settings {
+    plan: Plan,
+    stdio_sessions: Vec<usize>,
+    http_sessions: Vec<usize>,
+    idle_sessions: Option<usize>,
+    ledger_sizes: Vec<u64>,
+    export_limit: Duration,
+}
+
+impl Settings {
+    fn of(args: &BenchArgs) -> Settings {
+        let quick = args.quick;
+        let pick = |given: Option<usize>, full: usize, short: usize| {
+            given.unwrap_or(if quick { short } else { full })
+        };
+        let levels =
+            |given: &Option<Vec<NonZeroUsize>>, part: Part, full: &[usize], short: &[usize]| {
+                if args.skip.contains(&part) {
+                    return Vec::new();
+                }
+                match given {
+                    Some(levels) => levels.iter().map(|n| n.get()).collect(),
+                    None if quick => short.to_vec(),
+                    None => full.to_vec(),
+                }
+            };
+        let mut ledger_sizes = match &args.ledger_sizes {
+            Some(sizes) => sizes.clone(),
+            None if quick => vec![300, 900],
+            None => vec![5_000, 50_000, 500_000],
+        };
+        ledger_sizes.retain(|size| *size > 0);
+        ledger_sizes.sort_unstable();
+        ledger_sizes.dedup();
+        if args.skip.contains(&Part::Ledger) {
+            ledger_sizes.clear();
+        }
+        Settings {
+            plan: Plan {
+                calls: pick(args.calls.map(NonZeroUsize::get), 5000, 30),
+                warmup: pick(args.warmup, 200, 5),
+                round: pick(args.round.map(NonZeroUsize::get), 500, 10),
+            },
+            stdio_sessions: levels(&args.stdio_sessions, Part::Stdio, &[1, 8], &[1, 2]),
+            http_sessions: levels(&args.http_sessions, Part::Http, &[1, 4, 16, 64], &[1, 4]),
+            idle_sessions: (!args.skip.contains(&Part::Idle))
+                .then(|| pick(args.idle_sessions.map(NonZeroUsize::get), 1000, 10)),
+            ledger_sizes,
+            export_limit: Duration::from_secs(args.export_limit_secs.unwrap_or(if quick {
+                20
+            } else {
+                60
+            })),
+        }
+    }
+
+    /// Whether anything runs through the proxy (and so needs the proxied ledgers).
+    fn proxies(&self) -> bool {
+        !self.stdio_sessions.is_empty()
+            || !self.http_sessions.is_empty()
+            || self.idle_sessions.is_some()
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
-    let (scratch, skipped) = prepare_postgres(args.postgres.as_deref()).await?;
+    let settings = Settings::of(&args);
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "mcp-ledger bench: WARNING: this is a debug build, several times slower than a release \
+             build; its numbers say little about the proxy. Measure with `cargo run --release -- \
+             bench`."
+        );
+    }
+    let wanted = usize::from(settings.proxies()) + usize::from(!settings.ledger_sizes.is_empty());
+    let (scratch, skipped) = prepare_postgres(args.postgres.as_deref(), wanted).await?;
+    let (run_db, bulk_db) = match (settings.proxies(), scratch.as_slice()) {
+        (true, [run, rest @ ..]) => (Some(run), rest.first()),
+        (false, [bulk, ..]) => (None, Some(bulk)),
+        _ => (None, None),
+    };
     let outcome = tokio::select! {
-        outcome = bench(&args, scratch.as_ref(), skipped) => outcome,
+        outcome = bench(&settings, run_db, bulk_db, skipped) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // Dropped on every path, after the sessions (and so the proxies' connections) are gone.
-    let dropped = match scratch {
-        Some(scratch) => {
-            let name = scratch.name.clone();
-            scratch
-                .drop_database()
-                .await
-                .with_context(|| format!("the scratch database {name} is left behind"))
+    let mut dropped = Ok(());
+    for database in scratch {
+        let name = database.name.clone();
+        let result = database
+            .drop_database()
+            .await
+            .with_context(|| format!("the scratch database {name} is left behind"));
+        if let Err(error) = result {
+            eprintln!("mcp-ledger: {error:#}");
+            dropped = Err(error);
         }
-        None => Ok(()),
-    };
-    let report = match outcome {
-        Ok(report) => report,
-        Err(error) => {
-            if let Err(dropped) = dropped {
-                eprintln!("mcp-ledger: {dropped:#}");
-            }
-            return Err(CliError::Failed(error.context("the benchmark failed")));
-        }
-    };
+    }
+    let report =
+        outcome.map_err(|error| CliError::Failed(error.context("the benchmark failed")))?;
     if args.json {
         let json = report
             .to_json()
@@ -96,129 +218,187 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// Creates the scratch database, or says why Postgres is skipped. Only a server named with
+/// Creates `wanted` scratch databases, or says why Postgres is skipped. Only a server named with
 /// `--postgres` must be reachable: the default one is a convenience.
 async fn prepare_postgres(
     flag: Option<&str>,
-) -> Result<(Option<ScratchDatabase>, Option<String>), CliError> {
+    wanted: usize,
+) -> Result<(Vec<ScratchDatabase>, Option<String>), CliError> {
     let admin_url = flag
         .map(str::to_owned)
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .unwrap_or_else(|| DEFAULT_POSTGRES.to_owned());
-    match ScratchDatabase::create(&admin_url).await {
-        Ok(scratch) => Ok((Some(scratch), None)),
-        Err(error) if flag.is_some() => Err(CliError::Failed(
-            error.context("cannot prepare the postgres ledger for the benchmark"),
-        )),
-        Err(error) => Ok((None, Some(format!("{error:#}")))),
+    let mut created = Vec::new();
+    for _ in 0..wanted {
+        match ScratchDatabase::create(&admin_url).await {
+            Ok(scratch) => {
+                // Named, so that a run killed outright (SIGKILL) leaves a trail to clean up.
+                eprintln!(
+                    "mcp-ledger bench: created the scratch database {} (dropped at the end)",
+                    scratch.name
+                );
+                created.push(scratch);
+            }
+            Err(error) => {
+                for database in created {
+                    let _ = database.drop_database().await;
+                }
+                return match flag {
+                    Some(_) => Err(CliError::Failed(
+                        error.context("cannot prepare the postgres ledgers for the benchmark"),
+                    )),
+                    None => Ok((Vec::new(), Some(format!("{error:#}")))),
+                };
+            }
+        }
     }
+    Ok((created, None))
 }
 
 async fn bench(
-    args: &BenchArgs,
-    postgres: Option<&ScratchDatabase>,
+    settings: &Settings,
+    run_db: Option<&ScratchDatabase>,
+    bulk_db: Option<&ScratchDatabase>,
     postgres_skipped: Option<String>,
 ) -> anyhow::Result<Report> {
+    let load_at_start = procstat::load_average();
     let exe = std::env::current_exe().context("cannot find the mcp-ledger binary")?;
-    let dir = tempfile::tempdir().context("cannot create a directory for the sqlite ledger")?;
+    let dir = tempfile::tempdir().context("cannot create a directory for the sqlite ledgers")?;
     let sqlite = LedgerUrl::Sqlite(dir.path().join("bench-ledger.db"));
-    let (calls, concurrency, round) = (args.calls.get(), args.concurrency.get(), args.round.get());
 
-    let mut sessions = vec![
-        Session::start(Mode::Direct, &exe, None).await?,
-        Session::start(Mode::Sqlite, &exe, Some(sqlite.clone())).await?,
-    ];
-    if let Some(pg) = postgres {
-        let url = LedgerUrl::Postgres(pg.url.clone());
-        sessions.push(Session::start(Mode::Postgres, &exe, Some(url)).await?);
-    }
-    for session in &mut sessions {
-        session.warm_up(args.warmup, concurrency).await?;
-    }
-    // Rounds alternate between the modes, and the mode that goes first rotates, so slow drift in
-    // the machine's load lands on every mode about equally.
-    let (mut done, mut turn) = (0, 0);
-    while done < calls {
-        let n = round.min(calls - done);
-        let count = sessions.len();
-        for i in 0..count {
-            sessions[(turn + i) % count].measure(n, concurrency).await?;
+    // The fast upstream, in this process: the HTTP scenarios call it directly and through serve.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen for the upstream on 127.0.0.1")?;
+    let upstream_url = format!("http://{}/mcp", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_upstream = stop.clone().drop_guard();
+    tokio::spawn(crate::demo::server::serve_http(listener, stop));
+
+    let postgres = match run_db {
+        Some(db) => {
+            Some(PgLedger { url: LedgerUrl::Postgres(db.url.clone()), probe: db.probe().await? })
         }
-        done += n;
-        turn += 1;
+        None => None,
+    };
+    // Created up front, so that the first scenario can read the chain's size before it starts.
+    migrate(&sqlite).await?;
+    if let Some(pg) = &postgres {
+        migrate(&pg.url).await?;
+    }
+    let ctx = Context {
+        exe: exe.clone(),
+        sqlite: sqlite.clone(),
+        postgres,
+        upstream_url,
+        http: http_client::client()?,
+    };
+
+    let mut scenarios = Vec::new();
+    let levels = settings
+        .stdio_sessions
+        .iter()
+        .map(|n| (Transport::Stdio, *n))
+        .chain(settings.http_sessions.iter().map(|n| (Transport::Http, *n)));
+    for (transport, sessions) in levels {
+        eprintln!("mcp-ledger bench: {} with {sessions} session(s)…", transport.label());
+        scenarios.push(scenario::run(&ctx, transport, sessions, settings.plan).await?);
     }
 
-    let mut modes = Vec::new();
+    let mut idle = Vec::new();
+    if let Some(sessions) = settings.idle_sessions {
+        let ledger = ctx.ledger(Mode::Postgres).unwrap_or_else(|| sqlite.clone());
+        for upstream in [Upstream::Shared, Upstream::PerSession] {
+            eprintln!("mcp-ledger bench: {sessions} idle http sessions, {}…", upstream.describe());
+            idle.push(idle::run(&ctx, sessions, upstream, &ledger).await?);
+        }
+    }
+
     let mut ledgers = Vec::new();
-    let mut direct: Option<Summary> = None;
-    for session in sessions {
-        // Closing a proxied session makes the proxy commit the session's end and exit, so its
-        // ledger is complete when read below.
-        let (mode, ledger, calls_made, summary) = session.finish().await?;
-        let added = match (mode, &direct) {
-            (Mode::Direct, _) => {
-                direct = Some(summary);
-                None
-            }
-            (_, Some(direct)) => Some(summary.added_to(direct)),
-            (_, None) => None,
-        };
-        modes.push(ModeRow { mode: mode.label(), summary, added });
-        if let Some(url) = ledger {
-            ledgers.push(check_ledger(mode, &url, calls_made).await?);
+    for mode in [Mode::Sqlite, Mode::Postgres] {
+        let Some(url) = ctx.ledger(mode) else { continue };
+        if settings.stdio_sessions.is_empty() && settings.http_sessions.is_empty() {
+            continue;
+        }
+        ledgers.push(check_and_count_batches(&url, mode, &mut scenarios).await?);
+    }
+    if let Some(pg) = &ctx.postgres {
+        pg.probe.close().await;
+    }
+
+    let mut bulk = Vec::new();
+    if !settings.ledger_sizes.is_empty() {
+        let mut urls = vec![LedgerUrl::Sqlite(dir.path().join("bulk-ledger.db"))];
+        urls.extend(bulk_db.map(|db| LedgerUrl::Postgres(db.url.clone())));
+        for url in urls {
+            eprintln!("mcp-ledger bench: verify and export on {url}…");
+            bulk.extend(
+                bulk::run(&exe, dir.path(), &url, &settings.ledger_sizes, settings.export_limit)
+                    .await?,
+            );
         }
     }
+
     Ok(Report {
-        tool: "lookup_customer",
-        calls,
-        warmup: args.warmup,
-        concurrency,
-        round,
-        upstream: format!("{} demo-server (a fresh child per mode)", exe.display()),
+        build: if cfg!(debug_assertions) { "debug" } else { "release" },
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(0, NonZeroUsize::get),
+            cpu_model: procstat::cpu_model(),
+            memory_bytes: procstat::memory_total(),
+            postgres: run_db.or(bulk_db).map(|db| db.server.clone()),
+            load_average_at_start: load_at_start,
+            load_average_at_end: procstat::load_average(),
+        },
+        plan: settings.plan,
+        upstream: "the demo server's lookup_customer: over stdio a `mcp-ledger demo-server` child \
+                   per session; over http rmcp's Streamable HTTP server in the bench process"
+            .to_owned(),
         sqlite_ledger: sqlite.to_string(),
-        postgres_ledger: postgres.map(|pg| format!("{} ({})", redact_password(&pg.url), pg.server)),
-        modes,
-        ledgers,
+        postgres_ledger: run_db.map(|db| format!("{} ({})", redact_password(&db.url), db.server)),
         postgres_skipped,
+        scenarios,
+        idle,
+        bulk,
+        ledgers,
     })
 }
 
-/// Counts and verifies what a proxied session recorded, so the output shows the recording happened.
-async fn check_ledger(
-    mode: Mode,
-    url: &LedgerUrl,
-    calls_made: usize,
-) -> anyhow::Result<LedgerCheck> {
-    let options = StoreOptions { migrate: false, ..StoreOptions::default() };
-    let store = store::open(url, &options)
+async fn migrate(url: &LedgerUrl) -> anyhow::Result<()> {
+    let store = store::open(url, &StoreOptions::default())
         .await
-        .with_context(|| format!("cannot open the {} ledger {url}", mode.label()))?;
-    let mut verifier = Verifier::new();
-    let (mut events, mut tool_calls, mut tool_results) = (0, 0, 0);
-    {
-        let mut stream = store.events();
-        while let Some(event) = stream.next().await {
-            let event = event.with_context(|| format!("cannot read the ledger {url}"))?;
-            verifier.push(&event);
-            events += 1;
-            if event.event_type == EventType::ToolCall.as_str() {
-                tool_calls += 1;
-            } else if event.event_type == EventType::ToolResult.as_str() {
-                tool_results += 1;
+        .with_context(|| format!("cannot create the ledger {url}"))?;
+    store.close().await;
+    Ok(())
+}
+
+/// Checks the ledger of `mode` and fills in each of its scenario rows' batch counts.
+async fn check_and_count_batches(
+    url: &LedgerUrl,
+    mode: Mode,
+    scenarios: &mut [scenario::ScenarioOutcome],
+) -> anyhow::Result<ledger_check::LedgerCheck> {
+    let mut windows = Vec::new();
+    let mut owners = Vec::new();
+    let mut calls_made = 0;
+    for (s, scenario) in scenarios.iter().enumerate() {
+        for (r, row) in scenario.modes.iter().enumerate() {
+            if row.outcome.mode != mode {
+                continue;
+            }
+            calls_made += row.outcome.calls_made;
+            for window in &row.outcome.windows {
+                windows.push(window.clone());
+                owners.push((s, r));
             }
         }
     }
-    store.close().await;
-    Ok(LedgerCheck {
-        ledger: match url {
-            LedgerUrl::Sqlite(_) => "sqlite",
-            LedgerUrl::Postgres(_) => "postgres",
-        },
-        events,
-        tool_calls,
-        tool_results,
-        other_events: events - tool_calls - tool_results,
-        calls_made: calls_made as u64,
-        intact: verifier.finish().intact(),
-    })
+    let (check, batches) = ledger_check::check(url, calls_made, &windows).await?;
+    for ((s, r), counted) in owners.into_iter().zip(batches) {
+        let total = scenarios[s].modes[r].batches.get_or_insert_with(Batches::default);
+        total.events += counted.events;
+        total.batches += counted.batches;
+        total.events_per_batch =
+            if total.batches > 0 { total.events as f64 / total.batches as f64 } else { 0.0 };
+    }
+    Ok(check)
 }

@@ -1,10 +1,12 @@
-//! The benchmark's scratch Postgres database: created fresh for one run, so the proxied mode starts
-//! from an empty chain like the SQLite one, and dropped at the end.
+//! The benchmark's scratch Postgres databases: created fresh for one run, so the proxied modes
+//! start from an empty chain like the SQLite ones, and dropped at the end; and the server-side
+//! counters read about them (commits, backends), always through the admin database so that the
+//! reading adds no transaction to the database being measured.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
 
 use crate::store::redact_password;
@@ -43,6 +45,19 @@ impl ScratchDatabase {
         })
     }
 
+    /// A reader of this database's counters, connected to the admin database.
+    pub async fn probe(&self) -> anyhow::Result<PgProbe> {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect(&self.admin_url)
+            .await
+            .with_context(|| {
+                format!("cannot connect to postgres at {}", redact_password(&self.admin_url))
+            })?;
+        Ok(PgProbe { admin, database: self.name.clone() })
+    }
+
     /// Drops the database, disconnecting anything still connected to it.
     pub async fn drop_database(self) -> anyhow::Result<()> {
         let mut admin = connect(&self.admin_url).await?;
@@ -52,6 +67,62 @@ impl ScratchDatabase {
             .with_context(|| format!("cannot drop the scratch database {}", self.name))?;
         let _ = admin.close().await;
         Ok(())
+    }
+}
+
+/// Server-side counters of one database.
+pub struct PgProbe {
+    admin: PgPool,
+    database: String,
+}
+
+impl PgProbe {
+    /// Transactions committed in the database so far (`pg_stat_database.xact_commit`). A backend
+    /// reports its counts when it goes idle (at most once a second) and when it exits, so the
+    /// difference is exact only between moments when no backend of the database is active: read
+    /// it before the proxies connect and after [`PgProbe::wait_disconnected`].
+    pub async fn xact_commit(&self) -> anyhow::Result<i64> {
+        // Each query runs in its own transaction, so it sees a fresh statistics snapshot.
+        let commits: Option<i64> =
+            sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+                .bind(&self.database)
+                .fetch_optional(&self.admin)
+                .await
+                .context("cannot read pg_stat_database")?;
+        Ok(commits.unwrap_or(0))
+    }
+
+    /// The process ids of the backends serving the database, to read their CPU time.
+    pub async fn backend_pids(&self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(&self.database)
+                .fetch_all(&self.admin)
+                .await
+                .context("cannot read pg_stat_activity")?;
+        Ok(pids.into_iter().filter_map(|pid| u32::try_from(pid).ok()).collect())
+    }
+
+    /// Waits until no backend serves the database (the proxies' connections have closed and their
+    /// backends have exited, so their statistics are flushed).
+    pub async fn wait_disconnected(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.backend_pids().await?.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "connections to the scratch database {} were still open after {timeout:?}",
+                    self.database
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn close(&self) {
+        self.admin.close().await;
     }
 }
 

@@ -11,6 +11,7 @@ pub struct Summary {
     pub calls: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub mean_ms: f64,
     /// Measured calls over the wall time of the rounds that made them (warm-up excluded).
     pub calls_per_s: f64,
@@ -22,7 +23,10 @@ pub struct Summary {
 pub struct Added {
     pub added_p50_ms: f64,
     pub added_p99_ms: f64,
+    pub added_p999_ms: f64,
     pub ratio_p50: f64,
+    /// This mode's calls/s over the direct mode's.
+    pub ratio_calls_per_s: f64,
 }
 
 impl Summary {
@@ -36,6 +40,7 @@ impl Summary {
             calls: ms.len(),
             p50_ms: percentile(&ms, 0.50),
             p99_ms: percentile(&ms, 0.99),
+            p999_ms: percentile(&ms, 0.999),
             mean_ms,
             calls_per_s,
         }
@@ -46,9 +51,16 @@ impl Summary {
         Added {
             added_p50_ms: self.p50_ms - direct.p50_ms,
             added_p99_ms: self.p99_ms - direct.p99_ms,
-            ratio_p50: if direct.p50_ms > 0.0 { self.p50_ms / direct.p50_ms } else { f64::NAN },
+            added_p999_ms: self.p999_ms - direct.p999_ms,
+            ratio_p50: ratio(self.p50_ms, direct.p50_ms),
+            ratio_calls_per_s: ratio(self.calls_per_s, direct.calls_per_s),
         }
     }
+}
+
+/// `a / b`, or NaN (printed as such, serialised as null) when there is nothing to divide by.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
 }
 
 /// The nearest-rank percentile `q` (0..=1) of an ascending sample: an observed value, never an
@@ -78,6 +90,7 @@ mod tests {
         assert_eq!(s.calls, 100);
         assert_eq!(s.p50_ms, 50.0);
         assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.p999_ms, 100.0);
         assert!((s.mean_ms - 50.5).abs() < 1e-9, "{}", s.mean_ms);
         assert!((s.calls_per_s - 50.0).abs() < 1e-9, "{}", s.calls_per_s);
     }
@@ -105,5 +118,7 @@ mod tests {
         assert_eq!(added.added_p50_ms, 1.0);
         assert_eq!(added.added_p99_ms, 3.0);
         assert_eq!(added.ratio_p50, 1.5);
+        assert_eq!(added.added_p999_ms, 3.0);
+        assert_eq!(added.ratio_calls_per_s, 1.0);
     }
 }
