@@ -643,6 +643,15 @@ pub async fn serve_with(
         shutdown.await;
         closer.close_all().await;
     };
+    // A response is written in several small pieces (headers, each SSE event, the end of the
+    // stream); with Nagle's algorithm on, the last piece waits for the client's delayed ACK,
+    // about 40 ms on Linux, on every call.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     reaper.abort();
     proxy.close_all().await;
