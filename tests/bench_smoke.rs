@@ -77,6 +77,10 @@ async fn a_quick_run_reports_every_part_and_leaves_complete_verified_ledgers() {
                 assert!(row["vs_direct"][field].is_number(), "{field}: {row}");
             }
             assert!(row["batches"]["batches"].as_u64().is_some_and(|b| b > 0), "{row}");
+            if scenario["transport"] == "http" {
+                let commits = row["serve_stages"]["commits"].as_f64();
+                assert!(commits.is_some_and(|c| c > 0.0), "serve's own timings: {row}");
+            }
             if cfg!(target_os = "linux") {
                 assert!(row["proxy_cpu_us_per_call"].is_number(), "{row}");
                 assert!(row["proxy_peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{row}");

@@ -23,6 +23,7 @@ use super::http_client::HttpSession;
 use super::procstat::{self, MachineCpu};
 use super::scratch::PgProbe;
 use super::serve_child::{ServeProcess, Upstream};
+use super::serve_metrics::{self, StageTimings};
 use super::session::{Caller, StdioSession};
 use super::stats::Summary;
 use crate::record::format_timestamp;
@@ -152,6 +153,8 @@ pub struct FleetOutcome {
     pub summary: Summary,
     #[serde(flatten)]
     pub cost: Cost,
+    /// What `serve` measured of its own stages (HTTP proxied modes).
+    pub serve_stages: Option<StageTimings>,
     #[serde(skip)]
     pub windows: Vec<Window>,
     #[serde(skip)]
@@ -336,8 +339,12 @@ impl Fleet {
 
     /// Ends every session as a client would (stdin closed; HTTP `DELETE`), then stops `serve`,
     /// which commits the last events; returns what was measured.
-    pub async fn finish(self) -> anyhow::Result<FleetOutcome> {
+    pub async fn finish(self, ctx: &Context) -> anyhow::Result<FleetOutcome> {
         let label = format!("{} {}", self.transport.label(), self.mode.label());
+        let serve_stages = match &self.serve {
+            Some(serve) => Some(serve_metrics::read(&ctx.http, &serve.url).await?),
+            None => None,
+        };
         let peaks: Vec<u64> = self
             .proxy_pids
             .iter()
@@ -381,6 +388,7 @@ impl Fleet {
             sessions: self.sessions,
             summary,
             cost,
+            serve_stages,
             windows: m.windows,
             calls_made: self.calls_made,
         })

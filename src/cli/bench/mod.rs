@@ -20,6 +20,7 @@ mod report;
 mod scenario;
 mod scratch;
 mod serve_child;
+mod serve_metrics;
 mod session;
 mod stats;
 

@@ -240,7 +240,10 @@ impl Report {
                 "\nCost per call (CPU time during the measured rounds; RSS = peak of the proxy process)"
             );
             println!("{}", self.cost_table());
-            println!("\nGroup commit (serve, one writer per process)");
+            println!(
+                "\nGroup commit (serve, one writer per process; events/batch counted in the ledger \
+                 over the measured rounds, serve: columns from its /metrics over its whole life)"
+            );
             println!("{}", self.group_commit_table());
         }
         if !self.idle.is_empty() {
@@ -369,6 +372,9 @@ impl Report {
             "batches",
             "events/batch",
             "events/xact (pg_stat_database)",
+            "serve: commit ms",
+            "serve: events/commit",
+            "serve: call in proxy ms",
         ]);
         for (s, row) in self.rows() {
             if s.transport != Transport::Http || row.outcome.mode == Mode::Direct {
@@ -393,9 +399,12 @@ impl Report {
                 b.batches.to_string(),
                 format!("{:.2}", b.events_per_batch),
                 xact,
+                stage(row, |t| format!("{:.3}", t.commit_ms)),
+                stage(row, |t| format!("{:.2}", t.commit_batch)),
+                stage(row, |t| format!("{:.3}", t.call_in_proxy_ms)),
             ]);
         }
-        align_right(&mut table, 2..9);
+        align_right(&mut table, 2..12);
         table
     }
 
@@ -473,6 +482,10 @@ impl Report {
         }
         table
     }
+}
+
+fn stage(row: &ModeRow, show: impl Fn(&super::serve_metrics::StageTimings) -> String) -> String {
+    row.outcome.serve_stages.as_ref().map(show).unwrap_or_else(|| "-".into())
 }
 
 fn secs(run: &ChildRun) -> String {

@@ -97,7 +97,7 @@ pub async fn run(
     }
     let mut outcomes = Vec::new();
     for fleet in fleets {
-        outcomes.push(fleet.finish().await?);
+        outcomes.push(fleet.finish(ctx).await?);
     }
     let after = postgres_counters(ctx, Moment::After).await?;
     let postgres_commits = match (before, after) {
