@@ -150,18 +150,36 @@ impl Report {
         ));
         for ledger in ["postgres", "sqlite"] {
             let sizes: Vec<&BulkRow> = self.bulk.iter().filter(|b| b.ledger == ledger).collect();
-            let largest = sizes.iter().max_by_key(|b| b.events);
+            // The rate on the largest ledger verify could check; a size it could not check at
+            // all fails the target whatever the rate.
+            let checked =
+                sizes.iter().filter(|b| b.verify.events_per_s.is_some()).max_by_key(|b| b.events);
+            let failed = sizes.iter().filter(|b| b.verify.error.is_some()).min_by_key(|b| b.events);
             rows.push(judge(
                 format!("verify >= {VERIFY_EVENTS_PER_S:.0} events/s ({ledger})"),
-                largest.and_then(|b| {
-                    let rate = b.verify.events_per_s?;
-                    Some((
-                        format!("{rate:.0} events/s over {} events", b.events),
-                        rate >= VERIFY_EVENTS_PER_S,
-                    ))
-                }),
+                match (checked, failed) {
+                    (None, None) => None,
+                    (checked, failed) => {
+                        let rate = checked.and_then(|b| Some((b.verify.events_per_s?, b.events)));
+                        let mut measured = rate
+                            .map(|(rate, n)| format!("{rate:.0} events/s over {n} events"))
+                            .unwrap_or_default();
+                        if let Some(b) = failed {
+                            measured.push_str(&format!(
+                                "{}could not check {} events: {}",
+                                if measured.is_empty() { "" } else { "; " },
+                                b.events,
+                                b.verify.error.as_deref().unwrap_or("")
+                            ));
+                        }
+                        let met = failed.is_none()
+                            && rate.is_some_and(|(rate, _)| rate >= VERIFY_EVENTS_PER_S);
+                        Some((measured, met))
+                    }
+                },
             ));
             let smallest = sizes.iter().min_by_key(|b| b.events);
+            let largest = sizes.iter().max_by_key(|b| b.events);
             rows.push(judge(
                 format!("export memory does not grow with the ledger ({ledger})"),
                 match (smallest, largest) {
@@ -256,6 +274,13 @@ impl Report {
                  stopped at its time limit)"
             );
             println!("{}", self.bulk_table());
+            for b in &self.bulk {
+                for (what, run) in [("verify", &b.verify), ("export", &b.export)] {
+                    if let Some(error) = &run.error {
+                        println!("{} {what} at {} events failed: {error}", b.ledger, b.events);
+                    }
+                }
+            }
         }
         if !self.ledgers.is_empty() {
             println!();
@@ -489,7 +514,11 @@ fn stage(row: &ModeRow, show: impl Fn(&super::serve_metrics::StageTimings) -> St
 }
 
 fn secs(run: &ChildRun) -> String {
-    if run.finished { format!("{:.2}", run.secs) } else { format!("stopped at {:.0}", run.secs) }
+    match (run.finished, &run.error) {
+        (_, Some(_)) => format!("failed at {:.1}", run.secs),
+        (true, None) => format!("{:.2}", run.secs),
+        (false, None) => format!("stopped at {:.0}", run.secs),
+    }
 }
 
 fn judge(target: String, measured: Option<(String, bool)>) -> TargetRow {
