@@ -20,7 +20,8 @@ pub struct LedgerCheck {
     pub events: u64,
     pub tool_calls: u64,
     pub tool_results: u64,
-    /// Session starts and ends, and anything else that is not a tool call or result.
+    /// Session starts and ends, `pii_detected`, and anything else that is not a tool call or
+    /// result.
     pub other_events: u64,
     /// Calls the proxied sessions made, warm-up included: each must have a call and a result.
     pub calls_made: u64,

@@ -288,7 +288,7 @@ impl Report {
         for ledger in &self.ledgers {
             println!(
                 "{} ledger: {} events = {} tool_call + {} tool_result + {} other (session start \
-                 and end) for {} calls made; {}{}",
+                 and end, pii_detected) for {} calls made; {}{}",
                 ledger.ledger,
                 ledger.events,
                 ledger.tool_calls,
