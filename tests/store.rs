@@ -365,3 +365,42 @@ async fn payload_retention_erases_only_bodies_nothing_recent_references(ledger: 
     assert!(verify_all(&events).intact(), "bodies are not hashed into the chain");
     store.close().await;
 }
+
+/// Reading the whole chain is not an append: it may take longer than the lock timeout that
+/// bounds every statement of the proxy's path (a 500,000-event `verify` streams for seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_streams_the_whole_chain_past_the_statement_timeout() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    let writer = ledger.open().await;
+    // Enough bytes (16 MiB) that the server cannot finish sending before the reader pauses.
+    let filler = "x".repeat(8 * 1024);
+    for batch in 0..4 {
+        let drafts: Vec<Draft> = (0..500)
+            .map(|i| {
+                let data = json!({"call_id": format!("c{batch}-{i}"), "filler": filler});
+                Draft::new(EventType::Request, data)
+            })
+            .collect();
+        writer.append(DEFAULT_CHAIN, &drafts).await.unwrap();
+    }
+    writer.close().await;
+
+    let options = mcp_ledger::store::StoreOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let store = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    let mut events = store.events();
+    let mut seen = 0;
+    while let Some(event) = futures::StreamExt::next(&mut events).await {
+        event.expect("the stream outlives the statement timeout");
+        seen += 1;
+        if seen == 1 {
+            // A reader slower than the timeout: the statement stays open meanwhile.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(seen, 2000);
+    drop(events);
+    store.close().await;
+}

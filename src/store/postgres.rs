@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
@@ -63,7 +63,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/
 const MAX_ROWS_PER_INSERT: usize = 2_000;
 
 pub struct PostgresStore {
+    /// For appends and the small lookups of the proxy's path: every statement is bounded.
     pool: PgPool,
+    /// For reads and maintenance that legitimately run long on a large ledger (streaming the
+    /// whole chain for `verify`, migrations, retention, erasure): no statement timeout, and no
+    /// slow-statement warnings. Connects only when first used.
+    long: PgPool,
     /// The last head this process committed, per chain: the fast path's guess at the head.
     heads: Mutex<HashMap<String, (i64, String)>>,
     /// Until when the fast path is skipped, after another process won a race for the head.
@@ -79,18 +84,30 @@ const MAX_LOCKED_ATTEMPTS: u32 = 20;
 impl PostgresStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let timeout_ms = options.lock_timeout.as_millis().to_string();
-        let connect = PgConnectOptions::from_str(url)?
-            .application_name("mcp-ledger")
-            // A lock or statement that waits longer than this fails the append, and the call it
-            // records fails closed instead of hanging the agent.
+        let base = PgConnectOptions::from_str(url)?.application_name("mcp-ledger");
+        // A lock or statement that waits longer than this fails the append, and the call it
+        // records fails closed instead of hanging the agent.
+        let bounded = base
+            .clone()
             .options([("lock_timeout", timeout_ms.as_str()), ("statement_timeout", &timeout_ms)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(options.lock_timeout)
-            .connect_with(connect)
+            .connect_with(bounded)
             .await?;
-        let store =
-            PostgresStore { pool, heads: Mutex::default(), contended_until: Mutex::default() };
+        let unbounded = base
+            .options([("lock_timeout", timeout_ms.as_str())])
+            .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+        let long = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(options.lock_timeout)
+            .connect_lazy_with(unbounded);
+        let store = PostgresStore {
+            pool,
+            long,
+            heads: Mutex::default(),
+            contended_until: Mutex::default(),
+        };
         if options.migrate && !store.is_current().await? {
             store.migrate().await.map_err(|e| match e {
                 StoreError::Migrate(sqlx::migrate::MigrateError::Execute(source))
@@ -314,7 +331,7 @@ impl Store for PostgresStore {
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
         sqlx::query(select_events!(" ORDER BY chain_id, seq, event_id"))
-            .fetch(&self.pool)
+            .fetch(&self.long)
             .map(|row| event_from_row(&row?))
             .boxed()
     }
@@ -342,7 +359,7 @@ impl Store for PostgresStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        Ok(MIGRATOR.run(&self.pool).await?)
+        Ok(MIGRATOR.run(&self.long).await?)
     }
 
     async fn spent_today(&self, agent: &str) -> Result<f64, StoreError> {
@@ -394,6 +411,7 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.long.close().await;
     }
 
     async fn events_range(
@@ -532,7 +550,7 @@ impl Store for PostgresStore {
         cut_event_id: &str,
         payloads_until: &str,
     ) -> Result<super::RetentionRemoved, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long.begin().await?;
         sqlx::query("SET LOCAL mcp_ledger.retention = 'on'").execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO mcp_ledger.retention_cuts (chain_id, up_to_seq, cut_event_id) \
@@ -574,12 +592,12 @@ impl PostgresStore {
             ")) ORDER BY p.reference"
         ))
         .bind(older_than)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.long)
         .await?)
     }
 
     async fn erase(&self, references: &[String], retention: bool) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.long.begin().await?;
         if retention {
             sqlx::query("SET LOCAL mcp_ledger.retention = 'on'").execute(&mut *tx).await?;
         }
