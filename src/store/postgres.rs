@@ -447,7 +447,7 @@ impl Store for PostgresStore {
         .bind(chain_id)
         .bind(from_seq)
         .bind(to_seq)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.long)
         .await?)
     }
 
