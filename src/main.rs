@@ -3,6 +3,12 @@ use std::io::Write;
 use clap::Parser;
 use mcp_ledger::cli::{Cli, exit};
 
+// The proxy's hot path allocates a great deal (JSON values, canonical bytes, channel buffers);
+// glibc's malloc was about a quarter of its CPU under load (docs/performance.md), and a
+// thread-caching allocator takes most of that away.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
