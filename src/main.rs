@@ -23,7 +23,12 @@ fn main() {
         }
     };
     mcp_ledger::cli::init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = if cli.single_threaded() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("mcp-ledger: cannot start the async runtime: {error}");

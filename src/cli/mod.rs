@@ -100,6 +100,15 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// Whether the command is best run on one thread: a `stdio` proxy serves one agent, and at
+    /// one call at a time most of its CPU went into waking runtime threads for each hand-off
+    /// between its tasks (docs/performance.md); on one thread those hand-offs are plain polls.
+    pub fn single_threaded(&self) -> bool {
+        matches!(self.command, Command::Stdio(_))
+    }
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
     let outcome = match cli.command {
