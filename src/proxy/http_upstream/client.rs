@@ -186,6 +186,34 @@ fn is_loopback(url: &Url) -> bool {
     crate::proxy::is_loopback_host(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
+/// The HTTP client of every upstream session of the process (one for loopback upstreams, one
+/// for remote ones): a client holds a TLS configuration and a connection pool, about a hundred
+/// KiB, which a thousand idle sessions each building their own would multiply. Clones share
+/// both; what differs per session (headers, the session id) is set per request.
+fn shared_client(loopback: bool) -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENTS: [std::sync::OnceLock<reqwest::Client>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let slot = &CLIENTS[usize::from(loopback)];
+    if let Some(client) = slot.get() {
+        return Ok(client.clone());
+    }
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION")));
+    if loopback {
+        // Servers that do not set TCP_NODELAY (axum's default) write an SSE response in two
+        // small writes; on a reused keep-alive connection Nagle's algorithm then holds the
+        // second until our delayed ACK, ~40 ms later. A fresh connection starts in quick-ACK
+        // mode and costs next to nothing on loopback; remote servers keep pooled connections,
+        // where a new TLS handshake would cost more than it saves.
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    // A failed build is not cached: the next session tries again.
+    let client = builder.build()?;
+    Ok(slot.get_or_init(|| client).clone())
+}
+
 /// Everything one upstream connection shares between its tasks.
 pub(super) struct Upstream {
     client: reqwest::Client,
@@ -207,19 +235,7 @@ impl Upstream {
         config: &HttpUpstreamConfig,
         lines: mpsc::Sender<Vec<u8>>,
     ) -> Result<Upstream, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION")));
-        if is_loopback(&config.url) {
-            // Servers that do not set TCP_NODELAY (axum's default) write an SSE response in two
-            // small writes; on a reused keep-alive connection Nagle's algorithm then holds the
-            // second until our delayed ACK, ~40 ms later. A fresh connection starts in quick-ACK
-            // mode and costs next to nothing on loopback; remote servers keep pooled connections,
-            // where a new TLS handshake would cost more than it saves.
-            builder = builder.pool_max_idle_per_host(0);
-        }
-        let client = builder.build()?;
+        let client = shared_client(is_loopback(&config.url))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if RESERVED.contains(&name.as_str()) {
