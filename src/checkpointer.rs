@@ -176,7 +176,7 @@ impl Checkpointer {
         if event.prev_hash != self.last_hash {
             return Err(tampered("does not link to the event before it"));
         }
-        if event.compute_hash().ok().as_deref() != Some(event.hash.as_str()) {
+        if event.compute_hash() != event.hash {
             return Err(tampered("does not match its hash"));
         }
         let leaf = event_leaf_hash(&event.hash).map_err(|e| tampered(&e.to_string()))?;

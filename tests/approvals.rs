@@ -55,7 +55,7 @@ fn hold(
     approvers: &[&str],
     expires: Duration,
 ) -> (HoldRequest, Draft) {
-    let payload = Payload::of(&arguments).unwrap();
+    let payload = Payload::of(&arguments);
     let request = HoldRequest::new(
         call_id.into(),
         "agent-a".into(),
@@ -232,7 +232,7 @@ async fn decisions_that_do_not_bind_do_not_wake_it(ledger: TestLedger) {
     let mut replayed = DecisionRecord::for_request(&other, approve("alice"));
     replayed.approval_id.clone_from(&request.approval_id);
     replayed.call_id.clone_from(&request.call_id);
-    replayed.arguments_ref = Payload::of(&json!({"amount": 99_999})).unwrap().reference;
+    replayed.arguments_ref = Payload::of(&json!({"amount": 99_999})).reference;
     append_decision(&store, &replayed).await;
     // This call, under another policy, and by someone who is not an approver.
     let mut other_policy = DecisionRecord::for_request(&request, approve("alice"));

@@ -265,7 +265,7 @@ async fn an_approval_for_changed_arguments_is_refused_and_the_call_keeps_waiting
     let held = s.pending("send_email").await;
     let id = held["approval_id"].as_str().unwrap().to_owned();
     let changed = json!({"to": "attacker@elsewhere.net", "subject": "quote", "body": "all of it"});
-    let changed_ref = Payload::of(&changed).unwrap().reference;
+    let changed_ref = Payload::of(&changed).reference;
 
     // Through the API: the operator reviewed other arguments than the call holds.
     let approve = format!("/api/approvals/{id}/approve");

@@ -276,7 +276,7 @@ async fn retention_days_cuts_what_is_older_than_the_limit() {
     for seq in 1..=10 {
         let draft =
             Draft::new(EventType::ToolCall, json!({"call_id": format!("old{seq}"), "tool": "t"}));
-        let event = draft.seal(DEFAULT_CHAIN, seq, &prev, ten_days_ago).unwrap();
+        let event = draft.seal(DEFAULT_CHAIN, seq, &prev, ten_days_ago);
         inserts.push_str(&format!(
             "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, agent, server, data, prev_hash, hash) \
              VALUES ('{}', {}, '{}', '{}', '{}', NULL, NULL, NULL, '{}', '{}', '{}');",

@@ -45,7 +45,7 @@ both_stores!(
 );
 
 fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
-    let input = Payload::of(&arguments).unwrap();
+    let input = Payload::of(&arguments);
     let mut draft = Draft::new(
         EventType::ToolCall,
         json!({
@@ -99,7 +99,7 @@ async fn payloads_are_content_addressed_and_deduplicated(ledger: TestLedger) {
         json!({"nested": {"a": null, "b": [1, 2]}, "amount": 42.5, "to": "dana@example.com"});
     store.append(DEFAULT_CHAIN, &[tool_call("c2", "send", same)]).await.unwrap();
 
-    let reference = Payload::of(&arguments).unwrap().reference;
+    let reference = Payload::of(&arguments).reference;
     let body = store.payload(&reference).await.unwrap().expect("payload stored");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), arguments);
     assert_eq!(mcp_ledger::record::payload_ref(body.as_bytes()), reference);
@@ -157,7 +157,7 @@ async fn the_database_refuses_to_change_events(ledger: TestLedger) {
 
 async fn provenance_has_one_row_per_tool_call(ledger: TestLedger) {
     let store = ledger.open().await;
-    let output = Payload::of(&json!({"content": [{"type": "text", "text": "hi"}]})).unwrap();
+    let output = Payload::of(&json!({"content": [{"type": "text", "text": "hi"}]}));
     let mut result = Draft::new(
         EventType::ToolResult,
         json!({"call_id": "c1", "tool": "echo", "outcome": "ok", "output_ref": output.reference}),
@@ -324,8 +324,8 @@ async fn spent_today_counts_what_ran_or_waits(ledger: TestLedger) {
 /// after the cutoff references it, under any key (a redacted copy's `*_stored_ref` included).
 async fn payload_retention_erases_only_bodies_nothing_recent_references(ledger: TestLedger) {
     let store = ledger.open().await;
-    let old = Payload::of(&json!({"old": true})).unwrap();
-    let redacted = Payload::of(&json!({"to": "[REDACTED:email]"})).unwrap();
+    let old = Payload::of(&json!({"old": true}));
+    let redacted = Payload::of(&json!({"to": "[REDACTED:email]"}));
     let mut first =
         Draft::new(EventType::ToolCall, json!({"call_id": "c1", "input_ref": old.reference}));
     first.payloads.push(old.clone());

@@ -42,7 +42,7 @@ async fn start() -> Api {
 
 /// Holds a call in the ledger as the proxy would: its arguments' body and the request.
 async fn hold(store: &dyn Store, approvers: &[&str], arguments: Value) -> HoldRequest {
-    let payload = Payload::of(&arguments).unwrap();
+    let payload = Payload::of(&arguments);
     let request = HoldRequest::new(
         uuid::Uuid::now_v7().to_string(),
         "bot".into(),
@@ -190,7 +190,7 @@ async fn approvals_are_refused_for_other_arguments_other_operators_and_agents() 
     let request = hold(api.store.as_ref(), &["alice"], json!({"to": "x@y.z"})).await;
     let path = format!("/api/approvals/{}/approve", request.approval_id);
 
-    let other = Payload::of(&json!({"to": "boss@y.z"})).unwrap().reference;
+    let other = Payload::of(&json!({"to": "boss@y.z"})).reference;
     let (status, body) = api.post(&path, ALICE, json!({"arguments_ref": other})).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("arguments_changed")), "{body}");
     assert!(body["error"].as_str().unwrap().contains(&other), "{body}");

@@ -34,7 +34,7 @@ fn sealed(event_type: EventType, data: serde_json::Value) -> Event {
     let mut draft = Draft::new(event_type, data);
     draft.agent = Some("column-agent".into());
     draft.server = Some("column-server".into());
-    draft.seal("default", 1, GENESIS_PREV_HASH, IN_TIME).unwrap()
+    draft.seal("default", 1, GENESIS_PREV_HASH, IN_TIME)
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn malformed_decisions_are_not_read() {
 
 fn at_seq(event_type: EventType, data: serde_json::Value, seq: i64) -> Event {
     let draft = Draft::new(event_type, data);
-    draft.seal("default", seq, GENESIS_PREV_HASH, IN_TIME).unwrap()
+    draft.seal("default", seq, GENESIS_PREV_HASH, IN_TIME)
 }
 
 #[test]

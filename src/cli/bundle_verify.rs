@@ -105,7 +105,7 @@ fn check(bundle: &Bundle) -> (Vec<String>, Option<(u64, Hash)>) {
                 event.chain_id
             ));
         }
-        if !event.compute_hash().is_ok_and(|h| h == event.hash) {
+        if event.compute_hash() != event.hash {
             findings.push(format!("modified: {} does not match its hash", name(event)));
         }
         match prev {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AuditConfig, ServerConfig};
 use crate::pii::{Finding, PiiError, Scanner};
-use crate::record::{CanonicalError, Payload, RecordedBody, Storage};
+use crate::record::{Payload, RecordedBody, Storage};
 
 /// At most this many findings are listed in one `pii_detected` event; `counts` covers them all.
 const MAX_LISTED_FINDINGS: usize = 1000;
@@ -151,8 +151,8 @@ impl BodyPolicy {
         value: &Value,
         tool: Option<&str>,
         side: Side,
-    ) -> Result<(RecordedBody, Vec<Finding>), CanonicalError> {
-        let original = Payload::of(value)?;
+    ) -> (RecordedBody, Vec<Finding>) {
+        let original = Payload::of(value);
         let storage = self.storage_for(tool, side);
         let (findings, stored, storage) = match (&self.scanner, storage) {
             (None, Storage::Redacted | Storage::Full) => {
@@ -164,7 +164,7 @@ impl BodyPolicy {
                 if findings.is_empty() {
                     (findings, Some(original.clone()), Storage::Full)
                 } else {
-                    (findings, Some(Payload::of(&redacted)?), Storage::Redacted)
+                    (findings, Some(Payload::of(&redacted)), Storage::Redacted)
                 }
             }
             (Some(scanner), Storage::Full) => {
@@ -182,7 +182,7 @@ impl BodyPolicy {
             stored,
             patterns,
         };
-        Ok((body, findings))
+        (body, findings)
     }
 
     /// `text` as an event may record it when it comes from a body of `tool` on `side` (a

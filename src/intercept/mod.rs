@@ -283,7 +283,7 @@ impl SessionRecorder {
         } else {
             (EventType::Request, None, params)
         };
-        let (body, findings) = self.bodies.record(input, tool.as_deref(), Side::Input)?;
+        let (body, findings) = self.bodies.record(input, tool.as_deref(), Side::Input);
         let mut data = json!({
             "call_id": call_id,
             "request_id": request_id,
@@ -358,7 +358,7 @@ impl SessionRecorder {
         call: &OpenCall,
         completion: Completion<'_>,
     ) -> Result<(), RecordError> {
-        let body = self.output_body(call, &completion)?;
+        let body = self.output_body(call, &completion);
         let draft = self.result_draft(call, &completion, body.as_ref().map(|(b, _)| b), Map::new());
         let drafts = match &body {
             Some((body, findings)) => {
@@ -394,12 +394,12 @@ impl SessionRecorder {
         &self,
         call: &OpenCall,
         completion: &Completion<'_>,
-    ) -> Result<Option<(RecordedBody, Vec<Finding>)>, RecordError> {
+    ) -> Option<(RecordedBody, Vec<Finding>)> {
         let value = match completion {
             Completion::Result(value) | Completion::Error(value) => *value,
-            Completion::NoResponse { .. } | Completion::Refused { .. } => return Ok(None),
+            Completion::NoResponse { .. } | Completion::Refused { .. } => return None,
         };
-        Ok(Some(self.bodies.record(value, call.tool.as_deref(), Side::Output)?))
+        Some(self.bodies.record(value, call.tool.as_deref(), Side::Output))
     }
 
     /// Free text about `call`'s outcome as the ledger may keep it (see [`BodyPolicy::scrub_for`]).

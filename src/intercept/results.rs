@@ -57,7 +57,7 @@ impl SessionRecorder {
             self.finish(call, completion).await?;
             return Ok(Delivery::AsIs);
         };
-        let (body, findings) = self.bodies.record(result, call.tool.as_deref(), Side::Output)?;
+        let (body, findings) = self.bodies.record(result, call.tool.as_deref(), Side::Output);
         let context = CallContext {
             agent: &self.identity.agent,
             server: &self.identity.server,

@@ -61,7 +61,7 @@ impl<'a> Envelope<'a> {
 pub fn id_key(id: &RawValue) -> String {
     serde_json::from_str::<serde_json::Value>(id.get())
         .ok()
-        .and_then(|v| crate::record::canonical_bytes(&v).ok())
+        .map(|v| crate::record::canonical_value_bytes(&v))
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| id.get().to_owned())
 }

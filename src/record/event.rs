@@ -5,7 +5,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::canonical::{CanonicalError, canonical_bytes, payload_ref, sha256_hex};
+use super::canonical::{canonical_value_bytes, payload_ref, sha256_hex, write_str, write_value};
 
 /// `prev_hash` of the first event of every chain.
 pub const GENESIS_PREV_HASH: &str =
@@ -80,10 +80,87 @@ pub struct Event {
     pub hash: String,
 }
 
-/// The hashed preimage: every field of [`Event`] except `hash`. JCS sorts the keys, so the order
-/// of the fields here does not matter.
-#[derive(Serialize)]
-struct Preimage<'a> {
+/// The hashed preimage — every field of [`Event`] except `hash`, as RFC 8785 canonical JSON — with
+/// the four fields a chain assigns left open.
+///
+/// JCS sorts object keys, so the preimage is always `{"agent":…,"chain_id":…,"data":…,
+/// "event_id":…,"event_type":…,"prev_hash":…,"seq":…,"server":…,"session_id":…,"timestamp":…}`:
+/// `chain_id`, `prev_hash`, `seq` and `timestamp` fall between three fixed runs of text. Those
+/// runs are computed once per draft, before the draft reaches the writer, so that sealing under
+/// the chain-head lock is only splicing and SHA-256. Verification builds the same parts from the
+/// stored event, so sealing and verifying share one definition of the preimage.
+#[derive(Debug, Clone)]
+struct PreimageParts {
+    /// `{"agent":…,"chain_id":`
+    head: Vec<u8>,
+    /// `,"data":…,"event_id":…,"event_type":…,"prev_hash":"`
+    middle: Vec<u8>,
+    /// `,"server":…,"session_id":…,"timestamp":"`
+    tail: Vec<u8>,
+}
+
+impl PreimageParts {
+    fn of(
+        agent: Option<&str>,
+        data: &Value,
+        event_id: &str,
+        event_type: &str,
+        server: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Self {
+        let mut head = Vec::with_capacity(32);
+        head.extend_from_slice(b"{\"agent\":");
+        write_optional(&mut head, agent);
+        head.extend_from_slice(b",\"chain_id\":");
+
+        let mut middle = Vec::with_capacity(256);
+        middle.extend_from_slice(b",\"data\":");
+        write_value(&mut middle, data);
+        middle.extend_from_slice(b",\"event_id\":");
+        write_str(&mut middle, event_id);
+        middle.extend_from_slice(b",\"event_type\":");
+        write_str(&mut middle, event_type);
+        middle.extend_from_slice(b",\"prev_hash\":");
+
+        let mut tail = Vec::with_capacity(96);
+        tail.extend_from_slice(b",\"server\":");
+        write_optional(&mut tail, server);
+        tail.extend_from_slice(b",\"session_id\":");
+        write_optional(&mut tail, session_id);
+        tail.extend_from_slice(b",\"timestamp\":");
+        PreimageParts { head, middle, tail }
+    }
+
+    /// The whole preimage at a place in a chain.
+    fn splice(&self, chain_id: &str, prev_hash: &str, seq: i64, timestamp: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.head.len() + self.middle.len() + self.tail.len() + chain_id.len() + 128,
+        );
+        out.extend_from_slice(&self.head);
+        write_str(&mut out, chain_id);
+        out.extend_from_slice(&self.middle);
+        write_str(&mut out, prev_hash);
+        out.extend_from_slice(b",\"seq\":");
+        write_value(&mut out, &Value::from(seq));
+        out.extend_from_slice(&self.tail);
+        write_str(&mut out, timestamp);
+        out.push(b'}');
+        out
+    }
+}
+
+fn write_optional(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => write_str(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The preimage as a plain struct for `serde_json_canonicalizer`: debug builds, and so every
+/// test, check each seal's spliced text against it.
+#[cfg(debug_assertions)]
+#[derive(serde::Serialize)]
+struct ReferencePreimage<'a> {
     chain_id: &'a str,
     seq: i64,
     event_id: &'a str,
@@ -96,10 +173,10 @@ struct Preimage<'a> {
     prev_hash: &'a str,
 }
 
+#[cfg(debug_assertions)]
 impl Event {
-    /// The bytes whose SHA-256 is `hash`, exactly as `docs/ledger-format.md` specifies them.
-    pub fn canonical_preimage(&self) -> Result<Vec<u8>, CanonicalError> {
-        canonical_bytes(&Preimage {
+    fn reference_preimage(&self) -> ReferencePreimage<'_> {
+        ReferencePreimage {
             chain_id: &self.chain_id,
             seq: self.seq,
             event_id: &self.event_id,
@@ -110,12 +187,27 @@ impl Event {
             server: self.server.as_deref(),
             data: &self.data,
             prev_hash: &self.prev_hash,
-        })
+        }
+    }
+}
+
+impl Event {
+    /// The bytes whose SHA-256 is `hash`, exactly as `docs/ledger-format.md` specifies them.
+    pub fn canonical_preimage(&self) -> Vec<u8> {
+        PreimageParts::of(
+            self.agent.as_deref(),
+            &self.data,
+            &self.event_id,
+            &self.event_type,
+            self.server.as_deref(),
+            self.session_id.as_deref(),
+        )
+        .splice(&self.chain_id, &self.prev_hash, self.seq, &self.timestamp)
     }
 
     /// Recomputes the hash from the other fields.
-    pub fn compute_hash(&self) -> Result<String, CanonicalError> {
-        Ok(sha256_hex(&self.canonical_preimage()?))
+    pub fn compute_hash(&self) -> String {
+        sha256_hex(&self.canonical_preimage())
     }
 }
 
@@ -131,6 +223,8 @@ pub struct Draft {
     pub data: Value,
     /// Bodies that `data` references and that must be committed in the same transaction.
     pub payloads: Vec<Payload>,
+    /// The canonical text of the fields above, once [`Draft::prepared`] computed it.
+    parts: Option<PreimageParts>,
 }
 
 impl Draft {
@@ -143,32 +237,63 @@ impl Draft {
             server: None,
             data,
             payloads: Vec::new(),
+            parts: None,
         }
     }
 
+    /// The draft with its canonical text computed, so that [`Draft::seal`] only splices and
+    /// hashes. Consumes the draft: its fields cannot change after their text is fixed. The
+    /// writer calls this in the appending task, outside the chain-head lock.
+    pub fn prepared(mut self) -> Draft {
+        self.parts = Some(self.parts_now());
+        self
+    }
+
+    fn parts_now(&self) -> PreimageParts {
+        PreimageParts::of(
+            self.agent.as_deref(),
+            &self.data,
+            &self.event_id,
+            self.event_type.as_str(),
+            self.server.as_deref(),
+            self.session_id.as_deref(),
+        )
+    }
+
     /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`.
-    pub fn seal(
-        &self,
-        chain_id: &str,
-        seq: i64,
-        prev_hash: &str,
-        now: OffsetDateTime,
-    ) -> Result<Event, CanonicalError> {
-        let mut event = Event {
+    pub fn seal(&self, chain_id: &str, seq: i64, prev_hash: &str, now: OffsetDateTime) -> Event {
+        let timestamp = format_timestamp(now);
+        let computed;
+        let parts = match &self.parts {
+            Some(parts) => parts,
+            None => {
+                computed = self.parts_now();
+                &computed
+            }
+        };
+        let hash = sha256_hex(&parts.splice(chain_id, prev_hash, seq, &timestamp));
+        let event = Event {
             chain_id: chain_id.to_owned(),
             seq,
             event_id: self.event_id.clone(),
             event_type: self.event_type.as_str().to_owned(),
-            timestamp: format_timestamp(now),
+            timestamp,
             session_id: self.session_id.clone(),
             agent: self.agent.clone(),
             server: self.server.clone(),
             data: self.data.clone(),
             prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
+            hash,
         };
-        event.hash = event.compute_hash()?;
-        Ok(event)
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            event.hash,
+            sha256_hex(
+                &super::canonical::canonical_bytes(&event.reference_preimage()).expect("canonical")
+            ),
+            "the spliced preimage differs from the canonical one"
+        );
+        event
     }
 }
 
@@ -192,12 +317,12 @@ pub struct Payload {
 }
 
 impl Payload {
-    pub fn of(value: &Value) -> Result<Self, CanonicalError> {
-        let bytes = canonical_bytes(value)?;
+    pub fn of(value: &Value) -> Self {
+        let bytes = canonical_value_bytes(value);
         let reference = payload_ref(&bytes);
         // Canonical JSON is valid UTF-8 by construction.
         let body = String::from_utf8(bytes).expect("canonical JSON is UTF-8");
-        Ok(Payload { reference, body })
+        Payload { reference, body }
     }
 
     pub fn size(&self) -> usize {
@@ -207,6 +332,7 @@ impl Payload {
 
 #[cfg(test)]
 mod tests {
+    use super::super::canonical::canonical_bytes;
     use super::*;
     use serde_json::json;
 
@@ -223,21 +349,40 @@ mod tests {
         let mut draft = Draft::new(EventType::ToolCall, json!({"tool": "echo"}));
         draft.agent = Some("me".into());
         let at = time::macros::datetime!(2026-11-22 06:30:00 UTC);
-        let event = draft.seal("default", 1, GENESIS_PREV_HASH, at).unwrap();
-        assert_eq!(event.compute_hash().unwrap(), event.hash);
+        let event = draft.seal("default", 1, GENESIS_PREV_HASH, at);
+        assert_eq!(event.compute_hash(), event.hash);
 
         let mut other = event.clone();
         other.agent = Some("someone-else".into());
-        assert_ne!(other.compute_hash().unwrap(), event.hash);
+        assert_ne!(other.compute_hash(), event.hash);
         let mut other = event.clone();
         other.seq = 2;
-        assert_ne!(other.compute_hash().unwrap(), event.hash);
+        assert_ne!(other.compute_hash(), event.hash);
+    }
+
+    #[test]
+    fn the_spliced_preimage_is_the_canonical_one() {
+        let mut draft = Draft::new(
+            EventType::ToolResult,
+            json!({"z": [1.5, null, {"\u{10000}": "\"q\"", "\u{e000}": -3}], "a": "\u{1}"}),
+        );
+        draft.agent = Some("agent \"\\ é".into());
+        draft.session_id = Some("s\n1".into());
+        let at = time::macros::datetime!(2026-11-22 06:30:00.5 UTC);
+        let unprepared = draft.seal("chain \"x\"", 7, "ab", at);
+        let prepared = draft.prepared().seal("chain \"x\"", 7, "ab", at);
+        assert_eq!(unprepared, prepared);
+        let reference = canonical_bytes(&unprepared.reference_preimage()).unwrap();
+        assert_eq!(
+            String::from_utf8(unprepared.canonical_preimage()).unwrap(),
+            String::from_utf8(reference).unwrap()
+        );
     }
 
     #[test]
     fn payload_reference_is_over_canonical_bytes() {
-        let a = Payload::of(&json!({"b": 1, "a": [1.0, "x"]})).unwrap();
-        let b = Payload::of(&json!({"a": [1, "x"], "b": 1})).unwrap();
+        let a = Payload::of(&json!({"b": 1, "a": [1.0, "x"]}));
+        let b = Payload::of(&json!({"a": [1, "x"], "b": 1}));
         assert_eq!(a, b);
         assert_eq!(a.body, r#"{"a":[1,"x"],"b":1}"#);
         assert!(a.reference.starts_with("sha256:"));

@@ -327,11 +327,7 @@ fn start_of_today() -> String {
 }
 
 /// Seals `drafts` after the head `(seq, hash)`; shared by both stores so sealing is identical.
-fn seal_after(
-    chain_id: &str,
-    head: Option<(i64, String)>,
-    drafts: &[Draft],
-) -> Result<Vec<Event>, StoreError> {
+fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> Vec<Event> {
     let (mut seq, mut prev) =
         head.unwrap_or_else(|| (0, crate::record::GENESIS_PREV_HASH.to_owned()));
     let now = time::OffsetDateTime::now_utc();
@@ -339,9 +335,9 @@ fn seal_after(
         .iter()
         .map(|draft| {
             seq += 1;
-            let event = draft.seal(chain_id, seq, &prev, now)?;
+            let event = draft.seal(chain_id, seq, &prev, now);
             prev.clone_from(&event.hash);
-            Ok(event)
+            event
         })
         .collect()
 }

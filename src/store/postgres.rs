@@ -161,7 +161,7 @@ impl PostgresStore {
         .bind(chain_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let events = seal_after(chain_id, head, drafts)?;
+        let events = seal_after(chain_id, head, drafts);
         for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
             insert_statement(&[], chunk).build().execute(&mut *tx).await?;
         }
@@ -290,7 +290,7 @@ impl Store for PostgresStore {
             // Fast path: extend the head this process wrote last, in one autocommitted statement
             // (one round trip). If another process extended the chain meanwhile, the primary key
             // refuses our seq and nothing was written; then take the locked path.
-            let events = seal_after(chain_id, Some(head), drafts)?;
+            let events = seal_after(chain_id, Some(head), drafts);
             match insert_statement(&events, &payloads).build().execute(&self.pool).await {
                 Ok(_) => {
                     self.remember_head(chain_id, &events);

@@ -113,7 +113,7 @@ impl Store for SqliteStore {
         .bind(chain_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let events = seal_after(chain_id, head, drafts)?;
+        let events = seal_after(chain_id, head, drafts);
 
         for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::new(

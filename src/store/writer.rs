@@ -61,10 +61,15 @@ impl Ledger {
 
     /// Appends `drafts` in one transaction, consecutively and in order, and returns the events
     /// once they are durably committed: all of them or none.
+    ///
+    /// The drafts' canonical text is computed here, in the caller's task and in parallel with
+    /// other callers, so that the writer's critical section (head, seal, insert, commit) only
+    /// splices in each event's place in the chain and hashes it.
     pub async fn append_all(&self, drafts: Vec<Draft>) -> Result<Vec<Event>, AppendError> {
         if drafts.is_empty() {
             return Ok(Vec::new());
         }
+        let drafts = drafts.into_iter().map(Draft::prepared).collect();
         let (committed, wait) = oneshot::channel();
         self.jobs.send(Job { drafts, committed }).await.map_err(|_| AppendError::Stopped)?;
         wait.await.map_err(|_| AppendError::Stopped)?

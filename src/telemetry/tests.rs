@@ -14,9 +14,12 @@ fn events(drafts: Vec<(EventType, serde_json::Value)>) -> Vec<Event> {
         .into_iter()
         .enumerate()
         .map(|(n, (event_type, data))| {
-            Draft::new(event_type, data)
-                .seal("default", n as i64 + 1, &"0".repeat(64), time::OffsetDateTime::UNIX_EPOCH)
-                .expect("seals")
+            Draft::new(event_type, data).seal(
+                "default",
+                n as i64 + 1,
+                &"0".repeat(64),
+                time::OffsetDateTime::UNIX_EPOCH,
+            )
         })
         .collect()
 }

@@ -884,7 +884,7 @@ fn body_of(response: &Value) -> &Value {
 }
 
 fn reference(value: &Value) -> String {
-    Payload::of(value).expect("canonical JSON").reference
+    Payload::of(value).reference
 }
 
 // ------------------------------------------------------------------------------------------
