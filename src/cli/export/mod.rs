@@ -11,7 +11,10 @@
 //! - `key.vkey`: the C2SP public key that signed the note;
 //! - `manifest.json`: format version, chain, range, counts and tool version.
 
-use std::io::Write;
+mod levels;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -23,7 +26,7 @@ use time::format_description::well_known::Rfc3339;
 use super::ledger::read_keys;
 use super::proofs::checkpoint_head;
 use super::{CliError, LedgerArgs, exit};
-use crate::record::merkle::{self, Hash, event_leaf_hash};
+use crate::record::merkle::event_leaf_hash;
 use crate::record::{Event, format_timestamp};
 use crate::store::{DEFAULT_CHAIN, Store};
 use crate::telemetry::progress::Progress;
@@ -43,6 +46,9 @@ const BUNDLE_FILES: [&str; 6] = [
 
 /// Events read from the store at a time, so the ledger is never held in memory.
 const PAGE: i64 = 1000;
+
+/// Event hashes read from the store at a time while the tree is built.
+const HASH_PAGE: i64 = 20_000;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -139,14 +145,14 @@ async fn export_bundle(
             anyhow!("the latest checkpoint of chain {chain} does not verify with {}: {e}", args.key)
         })?;
 
-    // Stream the chain page by page, writing the selected events as they come.
+    // Stream the chain page by page, writing the selected events as they come; nothing per
+    // event stays in memory (the proofs below read the events back from the file).
     let chain_size = store.chain_size(chain).await?;
     // `export` prints no machine-readable output, so progress shows whenever stderr is a terminal.
     let progress = Progress::events("reading events", Some(chain_size.max(0) as u64), false);
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(dir.join("events.jsonl")).context("cannot write events.jsonl")?,
-    );
-    let mut selected: Vec<(i64, String)> = Vec::new(); // (seq, event_id), for the proofs
+    let events_path = dir.join("events.jsonl");
+    let mut out = BufWriter::new(File::create(&events_path).context("cannot write events.jsonl")?);
+    let mut selected = Selected::default();
     let mut before: Option<Event> = None;
     let mut from = 1;
     'pages: while from <= chain_size {
@@ -160,56 +166,50 @@ async fn export_bundle(
                 continue;
             }
             writeln!(out, "{}", event_line(&event))?;
-            selected.push((event.seq, event.event_id));
+            selected.add(event.seq);
         }
         progress.inc((to - from + 1) as u64);
         from = to + 1;
     }
     out.flush()?;
-    let (Some(first), Some(last)) = (selected.first().cloned(), selected.last().cloned()) else {
+    drop(out);
+    let (Some(first), Some(last)) = (selected.first, selected.last) else {
         return Err(anyhow!("no events of chain {chain} in the selected range"));
     };
-    if last.0 as u64 > size {
+    if last as u64 > size {
         return Err(anyhow!(
             "the latest checkpoint of chain {chain} covers seqs 1..={size}, but the last event \
-             selected is seq {}; sign a newer one with `mcp-ledger checkpoint --key KEY` (or pass \
-             --until)",
-            last.0
+             selected is seq {last}; sign a newer one with `mcp-ledger checkpoint --key KEY` (or \
+             pass --until)"
         ));
     }
-    let anchor = before.filter(|b| b.seq == first.0 - 1);
-    if first.0 > 1 && anchor.is_none() {
-        return Err(anyhow!("cannot read seq {} of chain {chain}", first.0 - 1));
+    let anchor = before.filter(|b| b.seq == first - 1);
+    if first > 1 && anchor.is_none() {
+        return Err(anyhow!("cannot read seq {} of chain {chain}", first - 1));
     }
 
-    // The leaves of the checkpoint's tree, then one proof per exported event.
-    let rows = store.event_hashes(chain, 1, size as i64).await?;
-    if rows.len() as u64 != size || rows.iter().enumerate().any(|(n, (s, _))| *s != n as i64 + 1) {
-        return Err(anyhow!(
-            "chain {chain} does not hold every event its checkpoint covers (seqs 1..={size}): they \
-             were removed by retention or tampered with (run `mcp-ledger verify`); a bundle needs \
-             them all to build its proofs"
-        ));
-    }
-    let leaves: Vec<Hash> =
-        rows.iter().map(|(_, h)| event_leaf_hash(h)).collect::<Result<_, _>>()?;
-    drop(rows);
-    if merkle::root(&leaves) != root {
+    // The checkpoint's tree, built on disk from its leaves, must have the root the note signed.
+    progress.set_phase("building the tree");
+    progress.restart(Some(size));
+    let tree = build_tree(store, chain, size, &progress, dir).await?;
+    if tree.root()? != root {
         return Err(anyhow!(
             "chain {chain} does not hash to the root its latest checkpoint signed; run \
              `mcp-ledger verify --key …`"
         ));
     }
-    let mut proofs = std::io::BufWriter::new(
-        std::fs::File::create(dir.join("proofs.jsonl")).context("cannot write proofs.jsonl")?,
+
+    // One proof per exported event (the anchor first), in seq order.
+    let mut proofs = BufWriter::new(
+        File::create(dir.join("proofs.jsonl")).context("cannot write proofs.jsonl")?,
     );
-    let anchor_entry = anchor.as_ref().map(|a| (a.seq, a.event_id.clone()));
+    let mut prover = tree.prover()?;
     progress.set_phase("writing proofs");
-    progress.restart(Some((anchor_entry.iter().count() + selected.len()) as u64));
-    for (seq, event_id) in anchor_entry.iter().chain(selected.iter()) {
+    progress.restart(Some(u64::from(anchor.is_some()) + selected.count));
+    let mut write_proof = |seq: i64, event_id: &str| -> Result<(), anyhow::Error> {
         progress.inc(1);
-        let index = (*seq - 1) as u64;
-        let proof = merkle::inclusion_proof(&leaves, index, size)?;
+        let index = (seq - 1) as u64;
+        let proof = prover.proof(index)?;
         let line = json!({
             "seq": seq,
             "event_id": event_id,
@@ -218,8 +218,18 @@ async fn export_bundle(
             "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
         });
         writeln!(proofs, "{line}")?;
+        Ok(())
+    };
+    if let Some(anchor) = &anchor {
+        write_proof(anchor.seq, &anchor.event_id)?;
+    }
+    for line in BufReader::new(File::open(&events_path)?).lines() {
+        let placed: Placed = serde_json::from_str(&line?).context("re-reading events.jsonl")?;
+        write_proof(placed.seq, &placed.event_id)?;
     }
     proofs.flush()?;
+    drop(proofs);
+    drop(tree);
     if let Some(anchor) = &anchor {
         std::fs::write(dir.join("anchor_event.json"), event_line(anchor) + "\n")?;
     }
@@ -230,9 +240,9 @@ async fn export_bundle(
         "chain_id": chain,
         "since": since,
         "until": until,
-        "first_seq": first.0,
-        "last_seq": last.0,
-        "events": selected.len(),
+        "first_seq": first,
+        "last_seq": last,
+        "events": selected.count,
         "anchor_event": anchor.is_some(),
         "tree_size": size,
         "root_hash": hex::encode(root),
@@ -246,12 +256,72 @@ async fn export_bundle(
     Ok(format!(
         "exported {} event(s) of chain {chain} (seqs {}..={}) to {} with checkpoint size {size}; \
          check it with `mcp-ledger verify --bundle {}`",
-        selected.len(),
-        first.0,
-        last.0,
+        selected.count,
+        first,
+        last,
         dir.display(),
         dir.display()
     ))
+}
+
+/// What the first pass keeps of the selected events: their count and seq range.
+#[derive(Default)]
+struct Selected {
+    count: u64,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
+impl Selected {
+    fn add(&mut self, seq: i64) {
+        self.count += 1;
+        self.first.get_or_insert(seq);
+        self.last = Some(seq);
+    }
+}
+
+/// The fields of an exported event that its proof line names.
+#[derive(serde::Deserialize)]
+struct Placed {
+    seq: i64,
+    event_id: String,
+}
+
+/// The tree of the first `size` events of `chain`, from their hashes read a page at a time.
+async fn build_tree(
+    store: &dyn Store,
+    chain: &str,
+    size: u64,
+    progress: &Progress,
+    dir: &Path,
+) -> Result<levels::LevelFiles, anyhow::Error> {
+    let mut leaves = levels::LeafWriter::new_in(dir).context("cannot create the tree's files")?;
+    let mut expected = 1;
+    while expected <= size as i64 {
+        let page_start = expected;
+        let to = (page_start + HASH_PAGE - 1).min(size as i64);
+        for (seq, hash) in store.event_hashes(chain, expected, to).await? {
+            if seq != expected {
+                return Err(anyhow!(
+                    "chain {chain} does not hold every event its checkpoint covers (seqs \
+                     1..={size}; seq {expected} is missing or repeated): they were removed by \
+                     retention or tampered with (run `mcp-ledger verify`); a bundle needs them \
+                     all to build its proofs"
+                ));
+            }
+            leaves.push(&event_leaf_hash(&hash)?)?;
+            expected += 1;
+        }
+        if expected <= to {
+            return Err(anyhow!(
+                "chain {chain} does not hold every event its checkpoint covers (seqs 1..={size}; \
+                 seq {expected} is missing): they were removed by retention or tampered with (run \
+                 `mcp-ledger verify`); a bundle needs them all to build its proofs"
+            ));
+        }
+        progress.inc((to - page_start + 1) as u64);
+    }
+    Ok(leaves.finish()?)
 }
 
 #[cfg(test)]
