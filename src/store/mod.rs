@@ -3,6 +3,7 @@
 //!
 //! **Invariant:** this is the only module that contains SQL. Nothing here knows about MCP.
 
+mod held;
 mod postgres;
 mod sqlite;
 pub mod writer;

@@ -19,8 +19,9 @@ use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
+use super::held::HeldConnection;
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
 };
@@ -69,6 +70,9 @@ pub struct PostgresStore {
     /// whole chain for `verify`, migrations, retention, erasure): no statement timeout, and no
     /// slow-statement warnings. Connects only when first used.
     long: PgPool,
+    /// The connection appends go through (`held.rs` says why). While another chain's writer is
+    /// using it, appends take one from the pool.
+    appender: tokio::sync::Mutex<HeldConnection<PgConnection>>,
     /// The last head this process committed, per chain: the fast path's guess at the head.
     heads: Mutex<HashMap<String, (i64, String)>>,
     /// Until when the fast path is skipped, after another process won a race for the head.
@@ -93,7 +97,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(options.lock_timeout)
-            .connect_with(bounded)
+            .connect_with(bounded.clone())
             .await?;
         let unbounded = base
             .options([("lock_timeout", timeout_ms.as_str())])
@@ -105,6 +109,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             long,
+            appender: tokio::sync::Mutex::new(HeldConnection::new(bounded, options.lock_timeout)),
             heads: Mutex::default(),
             contended_until: Mutex::default(),
         };
@@ -145,12 +150,12 @@ impl PostgresStore {
 impl PostgresStore {
     /// Reads the head and inserts under the chain's advisory lock, in one transaction.
     async fn append_locked(
-        &self,
+        conn: &mut PgConnection,
         chain_id: &str,
         drafts: &[Draft],
         payloads: &[&Payload],
     ) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(chain_lock_key(chain_id))
             .execute(&mut *tx)
@@ -191,6 +196,61 @@ impl PostgresStore {
 
     fn forget_head(&self, chain_id: &str) {
         self.heads.lock().expect("lock").remove(chain_id);
+    }
+
+    /// The fast path, and the locked path when it loses a race or other processes are appending.
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Event>, StoreError> {
+        let payloads = unique_payloads(drafts);
+        if let Some(head) = self.cached_head(chain_id)
+            && !self.contended()
+            && drafts.len() <= MAX_ROWS_PER_INSERT
+            && payloads.len() <= MAX_ROWS_PER_INSERT
+        {
+            // Fast path: extend the head this process wrote last, in one autocommitted statement
+            // (one round trip). If another process extended the chain meanwhile, the primary key
+            // refuses our seq and nothing was written; then take the locked path.
+            let events = seal_after(chain_id, Some(head), drafts);
+            match insert_statement(&events, &payloads).build().execute(&mut *conn).await {
+                Ok(_) => {
+                    self.remember_head(chain_id, &events);
+                    return Ok(events);
+                }
+                Err(error) if is_seq_conflict(&error) => {
+                    // Other processes are appending too: their heads will keep invalidating ours
+                    // for a while, so serialise on the lock instead of wasting round trips.
+                    *self.contended_until.lock().expect("lock") =
+                        Some(Instant::now() + CONTENTION_BACKOFF);
+                }
+                Err(error) => {
+                    self.forget_head(chain_id);
+                    return Err(error.into());
+                }
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            match Self::append_locked(conn, chain_id, drafts, &payloads).await {
+                Ok(events) => {
+                    self.remember_head(chain_id, &events);
+                    return Ok(events);
+                }
+                // Only a fast-path writer in another process can race the lock holder.
+                Err(StoreError::Database(error))
+                    if is_seq_conflict(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
+                {
+                    attempts += 1;
+                }
+                Err(error) => {
+                    self.forget_head(chain_id);
+                    return Err(error);
+                }
+            }
+        }
     }
 }
 
@@ -281,52 +341,16 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        let payloads = unique_payloads(drafts);
-        if let Some(head) = self.cached_head(chain_id)
-            && !self.contended()
-            && drafts.len() <= MAX_ROWS_PER_INSERT
-            && payloads.len() <= MAX_ROWS_PER_INSERT
-        {
-            // Fast path: extend the head this process wrote last, in one autocommitted statement
-            // (one round trip). If another process extended the chain meanwhile, the primary key
-            // refuses our seq and nothing was written; then take the locked path.
-            let events = seal_after(chain_id, Some(head), drafts);
-            match insert_statement(&events, &payloads).build().execute(&self.pool).await {
-                Ok(_) => {
-                    self.remember_head(chain_id, &events);
-                    return Ok(events);
-                }
-                Err(error) if is_seq_conflict(&error) => {
-                    // Other processes are appending too: their heads will keep invalidating ours
-                    // for a while, so serialise on the lock instead of wasting round trips.
-                    *self.contended_until.lock().expect("lock") =
-                        Some(Instant::now() + CONTENTION_BACKOFF);
-                }
-                Err(error) => {
-                    self.forget_head(chain_id);
-                    return Err(error.into());
-                }
+        if let Ok(mut held) = self.appender.try_lock() {
+            let conn = held.get().await?;
+            let appended = self.append_on(conn, chain_id, drafts).await;
+            if appended.is_err() {
+                held.discard();
             }
+            return appended;
         }
-        let mut attempts = 0;
-        loop {
-            match self.append_locked(chain_id, drafts, &payloads).await {
-                Ok(events) => {
-                    self.remember_head(chain_id, &events);
-                    return Ok(events);
-                }
-                // Only a fast-path writer in another process can race the lock holder.
-                Err(StoreError::Database(error))
-                    if is_seq_conflict(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
-                {
-                    attempts += 1;
-                }
-                Err(error) => {
-                    self.forget_head(chain_id);
-                    return Err(error);
-                }
-            }
-        }
+        let mut pooled = self.pool.acquire().await?;
+        self.append_on(&mut pooled, chain_id, drafts).await
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
@@ -410,6 +434,7 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        self.appender.lock().await.close().await;
         self.pool.close().await;
         self.long.close().await;
     }

@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
 
+use super::held::HeldConnection;
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
     ensure_parent_dir, seal_after,
@@ -51,6 +52,9 @@ const SQLITE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The connection appends go through (`held.rs` says why). While another chain's writer is
+    /// using it, appends take one from the pool.
+    appender: tokio::sync::Mutex<HeldConnection<SqliteConnection>>,
 }
 
 impl SqliteStore {
@@ -68,9 +72,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(options.lock_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
-        let store = SqliteStore { pool };
+        let appender = tokio::sync::Mutex::new(HeldConnection::new(connect, options.lock_timeout));
+        let store = SqliteStore { pool, appender };
         if options.migrate {
             store.migrate().await?;
         }
@@ -103,54 +108,70 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
     })
 }
 
+/// Appends under SQLite's write lock, taken first (BEGIN IMMEDIATE) so that the head read and
+/// the insert are one step across processes.
+async fn append_on(
+    conn: &mut SqliteConnection,
+    chain_id: &str,
+    drafts: &[Draft],
+) -> Result<Vec<Event>, StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1")
+            .bind(chain_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let events = seal_after(chain_id, head, drafts);
+
+    for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, \
+             agent, server, data, prev_hash, hash) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.chain_id)
+                .push_bind(e.seq)
+                .push_bind(&e.event_id)
+                .push_bind(&e.event_type)
+                .push_bind(&e.timestamp)
+                .push_bind(&e.session_id)
+                .push_bind(&e.agent)
+                .push_bind(&e.server)
+                .push_bind(e.data.to_string())
+                .push_bind(&e.prev_hash)
+                .push_bind(&e.hash);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+
+    let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
+    for payload in drafts.iter().flat_map(|d| &d.payloads) {
+        sqlx::query(
+            "INSERT INTO payloads (reference, body, size, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (reference) DO NOTHING",
+        )
+        .bind(&payload.reference)
+        .bind(&payload.body)
+        .bind(payload.size() as i64)
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(events)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let head: Option<(i64, String)> = sqlx::query_as(
-            "SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(chain_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let events = seal_after(chain_id, head, drafts);
-
-        for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, \
-                 agent, server, data, prev_hash, hash) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(&e.chain_id)
-                    .push_bind(e.seq)
-                    .push_bind(&e.event_id)
-                    .push_bind(&e.event_type)
-                    .push_bind(&e.timestamp)
-                    .push_bind(&e.session_id)
-                    .push_bind(&e.agent)
-                    .push_bind(&e.server)
-                    .push_bind(e.data.to_string())
-                    .push_bind(&e.prev_hash)
-                    .push_bind(&e.hash);
-            });
-            insert.build().execute(&mut *tx).await?;
+        if let Ok(mut held) = self.appender.try_lock() {
+            let appended = append_on(held.get().await?, chain_id, drafts).await;
+            if appended.is_err() {
+                held.discard();
+            }
+            return appended;
         }
-
-        let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
-        for payload in drafts.iter().flat_map(|d| &d.payloads) {
-            sqlx::query(
-                "INSERT INTO payloads (reference, body, size, created_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (reference) DO NOTHING",
-            )
-            .bind(&payload.reference)
-            .bind(&payload.body)
-            .bind(payload.size() as i64)
-            .bind(&created_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(events)
+        append_on(&mut *self.pool.acquire().await?, chain_id, drafts).await
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
@@ -245,6 +266,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.appender.lock().await.close().await;
         self.pool.close().await;
     }
 
