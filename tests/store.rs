@@ -404,3 +404,28 @@ async fn postgres_streams_the_whole_chain_past_the_statement_timeout() {
     drop(events);
     store.close().await;
 }
+
+/// Appends go through one connection the store keeps open. The server closing it while the
+/// proxy is quiet (a restart, an idle-connection reaper) must not fail the next call: a held
+/// connection idle for over a second is checked first and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_survive_the_server_closing_the_held_connection() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    let store = ledger.open().await;
+    store.append(DEFAULT_CHAIN, &[tool_call("c1", "lookup", json!({"id": 1}))]).await.unwrap();
+
+    ledger
+        .exec_as_owner(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    store.append(DEFAULT_CHAIN, &[tool_call("c2", "lookup", json!({"id": 2}))]).await.unwrap();
+    let events = all_events(&store).await;
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(verify_all(&events).intact());
+    store.close().await;
+}

@@ -13,7 +13,7 @@ use super::StoreError;
 
 /// A held connection unused for longer than this is pinged before an append, so that one closed
 /// while the proxy was quiet (a server restart) is replaced instead of failing a call.
-const IDLE_PING: Duration = Duration::from_secs(5);
+const IDLE_PING: Duration = Duration::from_secs(1);
 
 pub(super) struct HeldConnection<C: Connection> {
     options: C::Options,
