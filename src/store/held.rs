@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, Pool};
+use tokio::sync::Mutex;
 
 use super::StoreError;
 
@@ -18,40 +19,52 @@ const IDLE_PING: Duration = Duration::from_secs(1);
 pub(super) struct HeldConnection<C: Connection> {
     options: C::Options,
     connect_timeout: Duration,
-    open: Option<(C, Instant)>,
+    open: Mutex<Option<(C, Instant)>>,
 }
 
 impl<C: Connection> HeldConnection<C> {
     pub(super) fn new(options: C::Options, connect_timeout: Duration) -> Self {
-        HeldConnection { options, connect_timeout, open: None }
+        HeldConnection { options, connect_timeout, open: Mutex::new(None) }
+    }
+
+    /// Runs `append` on the held connection, or, while another chain's writer is using it, on
+    /// one from `pool`. A failed append drops the held connection: it may be what failed.
+    pub(super) async fn append<T>(
+        &self,
+        pool: &Pool<C::Database>,
+        append: impl AsyncFnOnce(&mut C) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Ok(mut open) = self.open.try_lock() else {
+            return append(&mut *pool.acquire().await?).await;
+        };
+        let appended = append(self.ready(&mut open).await?).await;
+        if appended.is_err() {
+            *open = None;
+        }
+        appended
     }
 
     /// The open connection, checked first if it sat unused for a while; or a new one.
-    pub(super) async fn get(&mut self) -> Result<&mut C, StoreError> {
-        if let Some((conn, last_used)) = &mut self.open
+    async fn ready<'a>(&self, open: &'a mut Option<(C, Instant)>) -> Result<&'a mut C, StoreError> {
+        if let Some((conn, last_used)) = open
             && last_used.elapsed() > IDLE_PING
             && conn.ping().await.is_err()
         {
-            self.open = None;
+            *open = None;
         }
-        if self.open.is_none() {
+        if open.is_none() {
             let conn = tokio::time::timeout(self.connect_timeout, self.options.connect())
                 .await
                 .map_err(|_| StoreError::Timeout(self.connect_timeout))??;
-            self.open = Some((conn, Instant::now()));
+            *open = Some((conn, Instant::now()));
         }
-        let (conn, last_used) = self.open.as_mut().expect("opened above");
+        let (conn, last_used) = open.as_mut().expect("opened above");
         *last_used = Instant::now();
         Ok(conn)
     }
 
-    /// Drops the connection after a failed append: it may be the connection that failed.
-    pub(super) fn discard(&mut self) {
-        self.open = None;
-    }
-
-    pub(super) async fn close(&mut self) {
-        if let Some((conn, _)) = self.open.take() {
+    pub(super) async fn close(&self) {
+        if let Some((conn, _)) = self.open.lock().await.take() {
             let _ = conn.close().await;
         }
     }

@@ -72,7 +72,7 @@ pub struct PostgresStore {
     long: PgPool,
     /// The connection appends go through (`held.rs` says why). While another chain's writer is
     /// using it, appends take one from the pool.
-    appender: tokio::sync::Mutex<HeldConnection<PgConnection>>,
+    appender: HeldConnection<PgConnection>,
     /// The last head this process committed, per chain: the fast path's guess at the head.
     heads: Mutex<HashMap<String, (i64, String)>>,
     /// Until when the fast path is skipped, after another process won a race for the head.
@@ -109,7 +109,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             long,
-            appender: tokio::sync::Mutex::new(HeldConnection::new(bounded, options.lock_timeout)),
+            appender: HeldConnection::new(bounded, options.lock_timeout),
             heads: Mutex::default(),
             contended_until: Mutex::default(),
         };
@@ -341,16 +341,9 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        if let Ok(mut held) = self.appender.try_lock() {
-            let conn = held.get().await?;
-            let appended = self.append_on(conn, chain_id, drafts).await;
-            if appended.is_err() {
-                held.discard();
-            }
-            return appended;
-        }
-        let mut pooled = self.pool.acquire().await?;
-        self.append_on(&mut pooled, chain_id, drafts).await
+        self.appender
+            .append(&self.pool, async |conn| self.append_on(conn, chain_id, drafts).await)
+            .await
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
@@ -434,7 +427,7 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
-        self.appender.lock().await.close().await;
+        self.appender.close().await;
         self.pool.close().await;
         self.long.close().await;
     }

@@ -54,7 +54,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The connection appends go through (`held.rs` says why). While another chain's writer is
     /// using it, appends take one from the pool.
-    appender: tokio::sync::Mutex<HeldConnection<SqliteConnection>>,
+    appender: HeldConnection<SqliteConnection>,
 }
 
 impl SqliteStore {
@@ -74,7 +74,7 @@ impl SqliteStore {
             .acquire_timeout(options.lock_timeout)
             .connect_with(connect.clone())
             .await?;
-        let appender = tokio::sync::Mutex::new(HeldConnection::new(connect, options.lock_timeout));
+        let appender = HeldConnection::new(connect, options.lock_timeout);
         let store = SqliteStore { pool, appender };
         if options.migrate {
             store.migrate().await?;
@@ -164,14 +164,7 @@ async fn append_on(
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        if let Ok(mut held) = self.appender.try_lock() {
-            let appended = append_on(held.get().await?, chain_id, drafts).await;
-            if appended.is_err() {
-                held.discard();
-            }
-            return appended;
-        }
-        append_on(&mut *self.pool.acquire().await?, chain_id, drafts).await
+        self.appender.append(&self.pool, async |conn| append_on(conn, chain_id, drafts).await).await
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
@@ -266,7 +259,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.appender.lock().await.close().await;
+        self.appender.close().await;
         self.pool.close().await;
     }
 
