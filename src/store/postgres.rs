@@ -82,7 +82,8 @@ pub struct PostgresStore {
 /// How long the fast path stays off after a lost race.
 const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
 
-/// How often the locked path retries when a fast-path writer elsewhere takes its seq first.
+/// How often the locked path retries when a fast-path writer elsewhere takes its seq first (or
+/// deadlocks with it).
 const MAX_LOCKED_ATTEMPTS: u32 = 20;
 
 impl PostgresStore {
@@ -213,14 +214,15 @@ impl PostgresStore {
         {
             // Fast path: extend the head this process wrote last, in one autocommitted statement
             // (one round trip). If another process extended the chain meanwhile, the primary key
-            // refuses our seq and nothing was written; then take the locked path.
+            // refuses our seq (or a deadlock with its locked transaction rolls us back) and
+            // nothing was written; then take the locked path.
             let events = seal_after(chain_id, Some(head), drafts);
             match insert_statement(&events, &payloads).build().execute(&mut *conn).await {
                 Ok(_) => {
                     self.remember_head(chain_id, &events);
                     return Ok(events);
                 }
-                Err(error) if is_seq_conflict(&error) => {
+                Err(error) if is_lost_race(&error) => {
                     // Other processes are appending too: their heads will keep invalidating ours
                     // for a while, so serialise on the lock instead of wasting round trips.
                     *self.contended_until.lock().expect("lock") =
@@ -241,7 +243,7 @@ impl PostgresStore {
                 }
                 // Only a fast-path writer in another process can race the lock holder.
                 Err(StoreError::Database(error))
-                    if is_seq_conflict(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
+                    if is_lost_race(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
                 {
                     attempts += 1;
                 }
@@ -304,10 +306,15 @@ fn unique_payloads(drafts: &[Draft]) -> Vec<&Payload> {
     payloads
 }
 
-/// Whether `error` is another writer having taken the seq we tried to append at.
-fn is_seq_conflict(error: &sqlx::Error) -> bool {
+/// Whether `error` is a race with another process's writer that left nothing of ours written:
+/// it took the seq we tried to append at, or Postgres broke a deadlock by rolling us back. A
+/// fast-path statement and a locked transaction can deadlock: Postgres may run the statement's
+/// data-modifying `WITH` (the payloads) after its events insert, while the locked path inserts
+/// payloads first, so each can wait on a row the other inserted.
+fn is_lost_race(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e)
-        if e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey"))
+        if (e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey"))
+            || e.code().as_deref() == Some("40P01"))
 }
 
 fn is_permission_denied(error: &sqlx::Error) -> bool {
