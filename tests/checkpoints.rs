@@ -312,7 +312,9 @@ async fn an_edited_signature_is_a_bad_signature(ledger: TestLedger) {
     store.close().await;
     checkpoint(&ledger, &keys, None);
     disarm(&ledger).await;
-    // Flip the signature's last base64 character (a signature byte, not padding).
+    // Change the signature's last base64 character (a signature byte, not padding). It carries
+    // the last byte's low four bits and two zero bits; "A" and "E" both keep those zero bits, so
+    // the text stays canonical base64 and only the signature is wrong.
     let store = ledger.open().await;
     let note = store.latest_checkpoint(DEFAULT_CHAIN).await.unwrap().unwrap().note;
     store.close().await;
@@ -321,7 +323,7 @@ async fn an_edited_signature_is_a_bad_signature(ledger: TestLedger) {
     let forged = format!(
         "{}{}{}",
         &note[..body_end - 2],
-        if last == "A" { "B" } else { "A" },
+        if last == "A" { "E" } else { "A" },
         &note[body_end - 1..]
     );
     assert_ne!(forged, note);
