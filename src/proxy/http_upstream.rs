@@ -35,6 +35,7 @@
 
 mod client;
 mod exchange;
+mod loopback;
 mod sse;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use reqwest::Url;
 use serde_json::value::RawValue;
@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::HttpUpstreamConfig;
+use super::loopback::{self, LoopbackClient};
 use crate::proxy::jsonrpc::error_response;
 use crate::proxy::relay::UPSTREAM_GONE;
 
@@ -94,7 +95,7 @@ pub(super) enum Failure {
 }
 
 impl Failure {
-    pub fn from_reqwest(error: &reqwest::Error) -> Failure {
+    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Failure {
         Failure::Transport(error_kind(error))
     }
 
@@ -143,9 +144,12 @@ impl Failure {
     }
 }
 
+/// Why a request got no response: reqwest's error, or the loopback client's.
+pub(super) type SendError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The kind of a transport error, in words that hold no URL, header or body.
-pub(super) fn error_kind(error: &reqwest::Error) -> &'static str {
-    let mut source = std::error::Error::source(error);
+pub(super) fn error_kind(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
     while let Some(inner) = source {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -158,21 +162,27 @@ pub(super) fn error_kind(error: &reqwest::Error) -> &'static str {
         }
         source = inner.source();
     }
-    if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else if error.is_body() || error.is_decode() {
-        "the response broke off"
-    } else {
-        "the HTTP request failed"
+    if let Some(error) = error.downcast_ref::<reqwest::Error>() {
+        if error.is_timeout() {
+            return "timed out";
+        } else if error.is_connect() {
+            return "could not connect";
+        } else if error.is_body() || error.is_decode() {
+            return "the response broke off";
+        }
     }
+    if let Some(error) = error.downcast_ref::<hyper_util::client::legacy::Error>()
+        && error.is_connect()
+    {
+        return "could not connect";
+    }
+    "the HTTP request failed"
 }
 
-/// The error chain below reqwest's own message (which names the URL), for logs.
-pub(super) fn error_chain(error: &reqwest::Error) -> String {
+/// The error chain below the error's own message (reqwest's names the URL), for logs.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error_kind(error).to_owned();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(inner) = source {
         text.push_str(": ");
         text.push_str(&inner.to_string());
@@ -199,14 +209,14 @@ fn shared_client(loopback: bool) -> Result<reqwest::Client, reqwest::Error> {
     }
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION")));
+        .connect_timeout(CONNECT_TIMEOUT);
     if loopback {
-        // Servers that do not set TCP_NODELAY (axum's default) write an SSE response in two
-        // small writes; on a reused keep-alive connection Nagle's algorithm then holds the
-        // second until our delayed ACK, ~40 ms later. A fresh connection starts in quick-ACK
-        // mode and costs next to nothing on loopback; remote servers keep pooled connections,
-        // where a new TLS handshake would cost more than it saves.
+        // Only `https://` loopback upstreams come here (plain HTTP ones go through
+        // `loopback::client`). Servers that do not set TCP_NODELAY write an SSE response in two
+        // small writes, and on a reused connection Nagle's algorithm holds the second until
+        // our delayed ACK, ~40 ms later; reqwest cannot set TCP_QUICKACK, so these connections
+        // are not reused (a fresh one starts in quick-ACK mode). Remote servers keep pooled
+        // connections, where a new TLS handshake per request would cost more than it saves.
         builder = builder.pool_max_idle_per_host(0);
     }
     // A failed build is not cached: the next session tries again.
@@ -217,6 +227,8 @@ fn shared_client(loopback: bool) -> Result<reqwest::Client, reqwest::Error> {
 /// Everything one upstream connection shares between its tasks.
 pub(super) struct Upstream {
     client: reqwest::Client,
+    /// Set for `http://` upstreams on this machine: requests go over its pooled connections.
+    loopback: Option<&'static LoopbackClient>,
     url: Url,
     /// `host[:port]` of the URL, the only part of it that messages and logs name.
     pub host: String,
@@ -235,7 +247,10 @@ impl Upstream {
         config: &HttpUpstreamConfig,
         lines: mpsc::Sender<Vec<u8>>,
     ) -> Result<Upstream, reqwest::Error> {
-        let client = shared_client(is_loopback(&config.url))?;
+        let on_this_machine = is_loopback(&config.url);
+        let client = shared_client(on_this_machine)?;
+        let loopback = (on_this_machine && config.url.scheme() == "http")
+            .then(|| loopback::client(CONNECT_TIMEOUT));
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if RESERVED.contains(&name.as_str()) {
@@ -248,6 +263,7 @@ impl Upstream {
         }
         Ok(Upstream {
             client,
+            loopback,
             url: config.url.clone(),
             host: super::host_label(&config.url),
             headers,
@@ -321,6 +337,10 @@ impl Upstream {
 
     fn headers_for(&self, req: &Req<'_>) -> HeaderMap {
         let mut headers = self.headers.clone();
+        // Here rather than on the reqwest client, so that the loopback client sends it too.
+        headers
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION"))));
         let mut with_session = true;
         match req {
             Req::Post { body, initialize, .. } => {
@@ -353,7 +373,7 @@ impl Upstream {
     }
 
     /// Sends `req`, following same-origin 307/308 redirects (which keep method and body).
-    pub async fn send(&self, req: Req<'_>) -> Result<Sent, reqwest::Error> {
+    pub async fn send(&self, req: Req<'_>) -> Result<Sent, SendError> {
         let headers = self.headers_for(&req);
         let session = headers.get(MCP_SESSION_ID).cloned();
         let mut url = self.url.clone();
@@ -377,7 +397,11 @@ impl Upstream {
                 Req::Get { .. } => self.client.get(url.clone()),
                 Req::Delete => self.client.delete(url.clone()),
             };
-            let response = builder.headers(headers.clone()).send().await?;
+            let builder = builder.headers(headers.clone());
+            let response = match self.loopback {
+                Some(client) => loopback::send(client, builder.build()?).await?,
+                None => builder.send().await?,
+            };
             if matches!(
                 response.status(),
                 StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
@@ -411,7 +435,7 @@ impl Upstream {
                 }
             }
             Ok(Err(error)) => {
-                tracing::debug!(host = %self.host, error = %error_chain(&error), "could not end the upstream session")
+                tracing::debug!(host = %self.host, error = %error_chain(&*error), "could not end the upstream session")
             }
             Err(_) => tracing::debug!(host = %self.host, "ending the upstream session timed out"),
         }
@@ -434,7 +458,7 @@ pub(super) async fn read_body(
     limit: usize,
 ) -> Result<Vec<u8>, Failure> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| Failure::from_reqwest(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| Failure::from_error(&e))? {
         if body.len() + chunk.len() > limit {
             return Err(Failure::BadResponse("the body is too large"));
         }

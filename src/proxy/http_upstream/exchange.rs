@@ -215,8 +215,8 @@ async fn deliver(
     let on_send = (!msg.requests.is_empty() && !initialize).then(|| proceed.clone());
     let req = Req::Post { body: msg.body.clone(), on_send, initialize };
     let Sent { mut response, session } = up.send(req).await.map_err(|error| {
-        tracing::debug!(host = %up.host, error = %error_chain(&error), "POST failed");
-        Failure::from_reqwest(&error)
+        tracing::debug!(host = %up.host, error = %error_chain(&*error), "POST failed");
+        Failure::from_error(&*error)
     })?;
     if !initialize {
         proceed.fire();
@@ -311,7 +311,7 @@ async fn read_stream(
                 }
             }
             Err(error) => {
-                tracing::debug!(host = %up.host, error = %error_chain(&error), "resuming a response stream failed; retrying");
+                tracing::debug!(host = %up.host, error = %error_chain(&*error), "resuming a response stream failed; retrying");
             }
         }
     }
@@ -411,7 +411,7 @@ pub(super) async fn listen(up: Arc<Upstream>) {
             }
             Err(error) => {
                 if failures == 0 {
-                    tracing::warn!(host = %up.host, error = %error_chain(&error), "the standalone SSE stream failed; retrying");
+                    tracing::warn!(host = %up.host, error = %error_chain(&*error), "the standalone SSE stream failed; retrying");
                 }
                 failures += 1;
             }

@@ -287,6 +287,50 @@ async fn a_slow_request_does_not_hold_up_the_next() {
     pipe.assert_ended().await;
 }
 
+#[tokio::test]
+async fn calls_to_a_server_on_this_machine_reuse_one_connection() {
+    // rmcp behind axum's defaults leaves Nagle's algorithm on: the case where a reused connection
+    // used to stall ~40 ms per SSE answer, and why loopback connections were not reused before
+    // `loopback::QuickAck`.
+    use axum::serve::ListenerExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let service = StreamableHttpService::new(
+        || Ok(TestServer),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    );
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let listener = listener.tap_io(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let router = axum::Router::new().nest_service("/mcp", service);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let mut pipe = Pipe::to(&url);
+    pipe.send(&initialize(1, "2025-11-25")).await;
+    assert_eq!(pipe.json().await["id"], 1);
+    pipe.send(INITIALIZED).await;
+    let calls = 30;
+    let started = std::time::Instant::now();
+    for id in 2..2 + calls {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"again"}}});
+        pipe.send(&call.to_string()).await;
+        let answer = pipe.json().await;
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    // Printed, not asserted (timings are the benchmark's job): ~40 ms a call means the stall.
+    eprintln!("{calls} calls in {:?}", started.elapsed());
+    // The POSTs share a connection; the standalone GET stream holds one of its own.
+    let connections = accepted.load(Ordering::Relaxed);
+    assert!(connections <= 3, "{connections} connections for {calls} calls");
+    pipe.close().await;
+    pipe.assert_ended().await;
+}
+
 // ---- against mocks ----
 
 #[derive(Debug, Clone)]
