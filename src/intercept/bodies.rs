@@ -153,35 +153,29 @@ impl BodyPolicy {
         side: Side,
     ) -> (RecordedBody, Vec<Finding>) {
         let original = Payload::of(value);
-        let storage = self.storage_for(tool, side);
-        let (findings, stored, storage) = match (&self.scanner, storage) {
-            (None, Storage::Redacted | Storage::Full) => {
-                (Vec::new(), Some(original.clone()), Storage::Full)
-            }
+        let size = original.size();
+        let reference = original.reference.clone();
+        let (findings, stored, storage) = match (&self.scanner, self.storage_for(tool, side)) {
             (None, Storage::None) => (Vec::new(), None, Storage::None),
-            (Some(scanner), Storage::Redacted) => {
-                let (redacted, findings) = scanner.redact_json(value);
-                if findings.is_empty() {
-                    (findings, Some(original.clone()), Storage::Full)
-                } else {
-                    (findings, Some(Payload::of(&redacted)), Storage::Redacted)
-                }
-            }
-            (Some(scanner), Storage::Full) => {
-                (scanner.scan_json(value), Some(original.clone()), Storage::Full)
+            (None, Storage::Redacted | Storage::Full) => {
+                (Vec::new(), Some(original), Storage::Full)
             }
             (Some(scanner), Storage::None) => (scanner.scan_json(value), None, Storage::None),
+            (Some(scanner), Storage::Full) => {
+                (scanner.scan_json(value), Some(original), Storage::Full)
+            }
+            // One pass; a clean body (the common case) is not copied, and is kept as it is.
+            (Some(scanner), Storage::Redacted) => match scanner.redact_json_if_found(value) {
+                (Some(redacted), findings) => {
+                    (findings, Some(Payload::of(&redacted)), Storage::Redacted)
+                }
+                (None, findings) => (findings, Some(original), Storage::Full),
+            },
         };
         let mut patterns: Vec<String> = findings.iter().map(|f| f.pattern.clone()).collect();
         patterns.sort();
         patterns.dedup();
-        let body = RecordedBody {
-            size: original.size(),
-            reference: original.reference,
-            storage,
-            stored,
-            patterns,
-        };
+        let body = RecordedBody { size, reference, storage, stored, patterns };
         (body, findings)
     }
 

@@ -120,26 +120,35 @@ fn walk<'a>(
 
 /// A copy of `value` with every finding redacted, and the findings.
 pub(super) fn redact(scanner: &Scanner, value: &Value) -> (Value, Vec<Finding>) {
+    let (redacted, findings) = redact_if_found(scanner, value);
+    (redacted.unwrap_or_else(|| value.clone()), findings)
+}
+
+/// Like [`redact`], but `None` instead of a copy when nothing was found (the common case: a clean
+/// body costs a scan, not a copy).
+pub(super) fn redact_if_found(scanner: &Scanner, value: &Value) -> (Option<Value>, Vec<Finding>) {
     let mut findings = Vec::new();
     let redacted = redact_walk(scanner, value, None, &mut Vec::new(), &mut findings);
     (redacted, findings)
 }
 
+/// The redacted copy of `value`, or `None` when nothing in it changed: containers are copied
+/// only on the way back up from a change.
 fn redact_walk<'a>(
     scanner: &Scanner,
     value: &'a Value,
     key: Option<&'a str>,
     path: &mut Vec<Segment<'a>>,
     findings: &mut Vec<Finding>,
-) -> Value {
+) -> Option<Value> {
     match value {
         Value::String(s) => {
             if is_unkeyed_blob(s) {
-                return value.clone();
+                return None;
             }
             let found = scanner.scan_str(s, key);
             if found.is_empty() {
-                return value.clone();
+                return None;
             }
             let pointer = pointer(path);
             let matches: Vec<Match> = found
@@ -151,37 +160,46 @@ fn redact_walk<'a>(
                     .iter()
                     .map(|m| Finding { pattern: m.pattern.clone(), pointer: pointer.clone() }),
             );
-            Value::String(apply_redaction(s, &matches))
+            Some(Value::String(apply_redaction(s, &matches)))
         }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    path.push(Segment::Index(i));
-                    let v = redact_walk(scanner, item, None, path, findings);
-                    path.pop();
-                    v
-                })
-                .collect(),
-        ),
+        Value::Array(items) => {
+            let mut copy: Option<Vec<Value>> = None;
+            for (i, item) in items.iter().enumerate() {
+                path.push(Segment::Index(i));
+                let changed = redact_walk(scanner, item, None, path, findings);
+                path.pop();
+                if let Some(changed) = changed {
+                    copy.get_or_insert_with(|| items[..i].to_vec()).push(changed);
+                } else if let Some(copy) = &mut copy {
+                    copy.push(item.clone());
+                }
+            }
+            copy.map(Value::Array)
+        }
         Value::Object(map) => {
-            let mut copy = Map::new();
-            for (k, v) in map {
-                let nv = match v {
-                    Value::String(s) if is_member_blob(map, k, s) => v.clone(),
+            let mut copy: Option<Map<String, Value>> = None;
+            for (i, (k, v)) in map.iter().enumerate() {
+                let changed = match v {
+                    Value::String(s) if is_member_blob(map, k, s) => None,
                     _ => {
                         path.push(Segment::Key(k));
-                        let nv = redact_walk(scanner, v, Some(k), path, findings);
+                        let changed = redact_walk(scanner, v, Some(k), path, findings);
                         path.pop();
-                        nv
+                        changed
                     }
                 };
-                copy.insert(k.clone(), nv);
+                if let Some(changed) = changed {
+                    let copy = copy.get_or_insert_with(|| {
+                        map.iter().take(i).map(|(k, v)| (k.clone(), v.clone())).collect()
+                    });
+                    copy.insert(k.clone(), changed);
+                } else if let Some(copy) = &mut copy {
+                    copy.insert(k.clone(), v.clone());
+                }
             }
-            Value::Object(copy)
+            copy.map(Value::Object)
         }
-        other => other.clone(),
+        _ => None,
     }
 }
 

@@ -237,6 +237,11 @@ impl Scanner {
         json::redact(self, value)
     }
 
+    /// The same, with `None` instead of a copy when nothing was found.
+    pub fn redact_json_if_found(&self, value: &Value) -> (Option<Value>, Vec<Finding>) {
+        json::redact_if_found(self, value)
+    }
+
     /// Redacts `text` in place of each match; returns the new text and the matches.
     pub fn redact_text(&self, text: &str) -> (String, Vec<Match>) {
         let matches = self.scan_text(text);

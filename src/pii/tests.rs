@@ -140,6 +140,20 @@ fn redaction_output() {
     assert_eq!(m.len(), 1);
     let clean = json!({"a": [1, "two", {"b": true}]});
     assert_eq!(scanner().redact_json(&clean), (clean.clone(), vec![]));
+    // Without a finding there is no copy; with one, the copy keeps every untouched sibling,
+    // before and after the change, at every level.
+    assert_eq!(scanner().redact_json_if_found(&clean), (None, vec![]));
+    let (copy, found) = scanner().redact_json_if_found(&v);
+    assert_eq!(copy, Some(red));
+    assert_eq!(found, findings);
+    let deep = json!({"a": 1, "b": [true, {"x": "bob@acme.io", "y": [2]}, "z"], "c": {"d": null}});
+    let (copy, _) = scanner().redact_json_if_found(&deep);
+    assert_eq!(
+        copy,
+        Some(
+            json!({"a": 1, "b": [true, {"x": "[REDACTED:email]", "y": [2]}, "z"], "c": {"d": null}})
+        )
+    );
 }
 
 #[test]
