@@ -144,18 +144,21 @@ async fn append_on(
         insert.build().execute(&mut *tx).await?;
     }
 
+    // One statement for many bodies: every statement is a hop to sqlx's worker thread for the
+    // connection, and a batch under load carries a hundred bodies.
     let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
-    for payload in drafts.iter().flat_map(|d| &d.payloads) {
-        sqlx::query(
-            "INSERT INTO payloads (reference, body, size, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (reference) DO NOTHING",
-        )
-        .bind(&payload.reference)
-        .bind(&payload.body)
-        .bind(payload.size() as i64)
-        .bind(&created_at)
-        .execute(&mut *tx)
-        .await?;
+    let payloads: Vec<_> = drafts.iter().flat_map(|d| &d.payloads).collect();
+    for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
+        let mut insert =
+            QueryBuilder::new("INSERT INTO payloads (reference, body, size, created_at) ");
+        insert.push_values(chunk, |mut row, p| {
+            row.push_bind(&p.reference)
+                .push_bind(&p.body)
+                .push_bind(p.size() as i64)
+                .push_bind(&created_at);
+        });
+        insert.push(" ON CONFLICT (reference) DO NOTHING");
+        insert.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(events)
