@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use super::relay::{RelayEnd, RelayOptions, relay_with};
 use super::upstream::{UpstreamPipe, reap};
@@ -30,17 +30,94 @@ pub async fn serve_stdio(
     call_timeout: Option<Duration>,
 ) -> RelayEnd {
     let options = RelayOptions { grace: SHUTDOWN_GRACE, call_timeout };
+    let (agent_in, agent_out) = agent_streams();
     let end = relay_with(
         options,
         recorder,
-        BufReader::new(tokio::io::stdin()),
-        tokio::io::stdout(),
+        BufReader::new(agent_in),
+        agent_out,
         upstream.reader,
         upstream.writer,
     )
     .await;
     reap(upstream.child, SHUTDOWN_GRACE).await;
     end
+}
+
+type AgentIn = Box<dyn AsyncRead + Send + Unpin>;
+type AgentOut = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// This process's stdin and stdout. Pipes and Unix sockets (what MCP clients start servers with)
+/// are read and written on the runtime's own reactor; anything else (a terminal, a file) goes
+/// through tokio's stdin/stdout, which do every read and write on the blocking thread pool: a
+/// hand-off to another thread and back for each message, on a runtime that is otherwise one
+/// thread.
+fn agent_streams() -> (AgentIn, AgentOut) {
+    #[cfg(unix)]
+    {
+        let stdin = reactor::input().unwrap_or_else(|| Box::new(tokio::io::stdin()));
+        let stdout = reactor::output().unwrap_or_else(|| Box::new(tokio::io::stdout()));
+        (stdin, stdout)
+    }
+    #[cfg(not(unix))]
+    {
+        (Box::new(tokio::io::stdin()), Box::new(tokio::io::stdout()))
+    }
+}
+
+/// Registering a copy of fd 0 or 1 with the reactor sets `O_NONBLOCK` on the open file, which is
+/// this end of the client's pipe or socket and shared with no one who reads or writes it.
+#[cfg(unix)]
+mod reactor {
+    use std::fs::File;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::{AgentIn, AgentOut};
+
+    enum Kind {
+        Pipe(File),
+        UnixSocket(std::os::unix::net::UnixStream),
+    }
+
+    fn classify(fd: std::os::fd::BorrowedFd<'_>) -> Option<Kind> {
+        let copy: OwnedFd = fd.try_clone_to_owned().ok()?;
+        let file = File::from(copy);
+        let kind = file.metadata().ok()?.file_type();
+        if kind.is_fifo() {
+            return Some(Kind::Pipe(file));
+        }
+        let unix_socket = kind.is_socket()
+            && socket2::SockRef::from(&file).domain().ok() == Some(socket2::Domain::UNIX);
+        if unix_socket {
+            let stream = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
+            stream.set_nonblocking(true).ok()?;
+            return Some(Kind::UnixSocket(stream));
+        }
+        None
+    }
+
+    pub(super) fn input() -> Option<AgentIn> {
+        match classify(std::io::stdin().as_fd())? {
+            Kind::Pipe(file) => {
+                Some(Box::new(tokio::net::unix::pipe::Receiver::from_file(file).ok()?))
+            }
+            Kind::UnixSocket(stream) => {
+                Some(Box::new(tokio::net::UnixStream::from_std(stream).ok()?))
+            }
+        }
+    }
+
+    pub(super) fn output() -> Option<AgentOut> {
+        match classify(std::io::stdout().as_fd())? {
+            Kind::Pipe(file) => {
+                Some(Box::new(tokio::net::unix::pipe::Sender::from_file(file).ok()?))
+            }
+            Kind::UnixSocket(stream) => {
+                Some(Box::new(tokio::net::UnixStream::from_std(stream).ok()?))
+            }
+        }
+    }
 }
 
 /// A server name from the command, for when `--server` is not given: the package or script a

@@ -187,9 +187,16 @@ pub async fn run_http(dir: &Path, ledger: &TestLedger) -> RawRun {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
+                if content_type.starts_with("application/json") {
+                    // A prompt lone answer comes as the body itself: the upstream's line, as is.
+                    let body = response.text().await.expect("a JSON body");
+                    assert!(is_response_to(&body, &id), "the body answers {line}: {body}");
+                    received.push(vec![body]);
+                    continue;
+                }
                 assert!(
                     content_type.starts_with("text/event-stream"),
-                    "an agent that accepts event streams gets one: {content_type}"
+                    "an agent that accepts both gets JSON or an event stream: {content_type}"
                 );
                 let mut events = SseReader::new(response);
                 loop {
