@@ -261,6 +261,11 @@ impl Upstream {
             value.set_sensitive(true);
             headers.append(name.clone(), value);
         }
+        // Here rather than on the reqwest client, so that the loopback client sends it too; a
+        // configured User-Agent wins.
+        headers
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION"))));
         Ok(Upstream {
             client,
             loopback,
@@ -337,10 +342,6 @@ impl Upstream {
 
     fn headers_for(&self, req: &Req<'_>) -> HeaderMap {
         let mut headers = self.headers.clone();
-        // Here rather than on the reqwest client, so that the loopback client sends it too.
-        headers
-            .entry(USER_AGENT)
-            .or_insert(HeaderValue::from_static(concat!("mcp-ledger/", env!("CARGO_PKG_VERSION"))));
         let mut with_session = true;
         match req {
             Req::Post { body, initialize, .. } => {
