@@ -429,6 +429,18 @@ async fn each_session_has_its_own_upstream_and_delete_ends_it() {
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert!(reply.header("content-type").unwrap().starts_with("application/json"), "{reply:?}");
     assert_eq!(reply.json()["result"]["structuredContent"]["pid"], pid1);
+    // A client that accepts both: a prompt lone answer comes as plain JSON, an answer that other
+    // messages (progress) come before as an SSE stream, in order.
+    let reply = m.post(Some(&s1), &call_body(23, "whoami", json!({}))).await;
+    assert!(reply.header("content-type").unwrap().starts_with("application/json"), "{reply:?}");
+    let with_progress = json!({"jsonrpc": "2.0", "id": 24, "method": "tools/call",
+        "params": {"name": "echo_raw", "arguments": {}, "_meta": {"progressToken": "p24"}}});
+    let reply = m.post(Some(&s1), &with_progress.to_string()).await;
+    assert!(reply.header("content-type").unwrap().starts_with("text/event-stream"), "{reply:?}");
+    let messages = reply.messages();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["method"], "notifications/progress", "{messages:?}");
+    assert_eq!(messages[1]["id"], 24, "{messages:?}");
     // A session belongs to its endpoint.
     let reply = serve
         .mcp(DEMO, Some(&alice))

@@ -589,7 +589,10 @@ impl Mcp {
         assert_eq!(reply.status, StatusCode::OK, "initialize: {reply:?}");
         let session = reply.session_id().expect("initialize returns Mcp-Session-Id");
         let content_type = reply.header("content-type").unwrap_or_default();
-        assert!(content_type.starts_with("text/event-stream"), "SSE when accepted: {reply:?}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "a prompt lone answer is plain JSON, even to a client that accepts SSE: {reply:?}"
+        );
         let response = reply.response(&json!(0));
         assert!(response.get("result").is_some(), "initialize succeeded: {response}");
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();

@@ -50,6 +50,9 @@ use crate::telemetry::{self, UpstreamError};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
+/// How long a POST's answer may take to still go back as plain JSON to a client that accepts
+/// both JSON and SSE (see `json_or_sse_response`).
+const JSON_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// How long an upstream gets to finish once its session ends.
 const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
 
@@ -435,7 +438,7 @@ async fn handle_post(
         return error_reply(StatusCode::NOT_FOUND, "the MCP session has ended");
     }
     let mut response = if accepts_event_stream(&headers) {
-        sse_response(stream)
+        json_or_sse_response(stream, posted.requests.len()).await
     } else {
         json_response(stream).await
     };
@@ -465,7 +468,7 @@ async fn handle_get(
     match proxy.owned_session(&server, &agent, remote, &headers).await {
         Ok(Some(session)) => {
             session.touch();
-            sse_response(session.open_standalone_stream())
+            sse_response(None, session.open_standalone_stream())
         }
         Ok(None) => {
             jsonrpc_error_reply(StatusCode::BAD_REQUEST, -32600, "missing Mcp-Session-Id header")
@@ -560,8 +563,24 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/event-stream"))
 }
 
-fn sse_response(messages: mpsc::Receiver<Bytes>) -> Response {
-    let events = ReceiverStream::new(messages).map(|message| {
+/// For clients that accept both kinds: a POST of one request whose first message, arriving within
+/// [`JSON_ANSWER_WAIT`], is its response gets it as a plain JSON body (nothing to frame, stream
+/// and close on either side). Anything else is an SSE stream, started by then at the latest, so
+/// that a slow or held call keeps its client's connection alive with keep-alive comments.
+async fn json_or_sse_response(mut messages: mpsc::Receiver<Bytes>, requests: usize) -> Response {
+    let first = match tokio::time::timeout(JSON_ANSWER_WAIT, messages.recv()).await {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(_) => return sse_response(None, messages),
+    };
+    if requests == 1 && is_response(&first) {
+        return ([(header::CONTENT_TYPE, "application/json")], first).into_response();
+    }
+    sse_response(Some(first), messages)
+}
+
+/// An SSE stream of `first` (when given) and then every message of `messages`.
+fn sse_response(first: Option<Bytes>, messages: mpsc::Receiver<Bytes>) -> Response {
+    let events = futures::stream::iter(first).chain(ReceiverStream::new(messages)).map(|message| {
         Ok::<_, Infallible>(
             Event::default().event("message").data(String::from_utf8_lossy(&message)),
         )
@@ -569,15 +588,17 @@ fn sse_response(messages: mpsc::Receiver<Bytes>) -> Response {
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
+fn is_response(message: &[u8]) -> bool {
+    Envelope::parse(message).is_some_and(|e| matches!(e.kind(), Kind::Response { .. }))
+        || batch_members(message).is_some()
+}
+
 /// For clients that accept only JSON: waits for the responses and returns them in one body.
 /// Notifications sent meanwhile cannot reach such a client and are dropped.
 async fn json_response(mut messages: mpsc::Receiver<Bytes>) -> Response {
     let mut responses = Vec::new();
     while let Some(message) = messages.recv().await {
-        let is_response = Envelope::parse(&message)
-            .is_some_and(|e| matches!(e.kind(), Kind::Response { .. }))
-            || batch_members(&message).is_some();
-        if is_response {
+        if is_response(&message) {
             responses.push(message);
         }
     }
