@@ -171,7 +171,7 @@ impl HttpProxy {
         endpoint: &Endpoint,
     ) -> Result<Arc<HttpSession>, Response> {
         // Held until the session is in the map, so concurrent starts cannot overshoot the limit.
-        let _slot = self.reserve_slot()?;
+        let slot = self.reserve_slot()?;
         let pipe = self.upstream_for(server, endpoint).map_err(|error| {
             telemetry::upstream_error(server, UpstreamError::StartFailed);
             tracing::error!(%error, %server, "cannot start the upstream");
@@ -207,7 +207,12 @@ impl HttpProxy {
             tracing::debug!(?end, "http session relay ended");
             upstream::reap(pipe.child, UPSTREAM_GRACE).await;
         });
-        self.sessions.lock().expect("lock").insert(id.clone(), session.clone());
+        let mut sessions = self.sessions.lock().expect("lock");
+        sessions.insert(id.clone(), session.clone());
+        // Released under the lock `reserve_slot` counts under: a moment of both would count this
+        // session twice and refuse a start the limit allows.
+        drop(slot);
+        drop(sessions);
         let proxy = Arc::downgrade(self);
         let ended = session.ended.clone();
         tokio::spawn(async move {
