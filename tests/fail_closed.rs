@@ -51,7 +51,7 @@ async fn postgres_gone_mid_session_refuses_the_call() {
     assert_eq!(ok["result"]["isError"], false, "{ok}");
     assert_eq!(calls_received(&call_log).len(), 1);
 
-    chaos.cut();
+    chaos.cut().await;
     let refused = client
         .call_tool(
             "issue_refund",
