@@ -1287,20 +1287,36 @@ impl HttpTap {
             })
             .boxed()
     }
+}
+
+/// Adds one message to the copy of what the client read, as one line. A multi-line SSE `data`
+/// field arrives joined with newlines, and a JSON body may span lines; in JSON text a newline
+/// can only be whitespace between tokens, so it becomes a space, as on stdio.
+fn keep_read(read: &Mutex<Vec<u8>>, text: &str) {
+    if text.trim().is_empty() {
+        return;
+    }
+    let mut seen = locked(read);
+    seen.extend_from_slice(text.replace(['\r', '\n'], " ").as_bytes());
+    seen.push(b'\n');
+}
+
+impl StreamableHttpClient for HttpTap {
+    type Error = reqwest::Error;
 
     /// POSTs `message` as rmcp's reqwest client does, but reads a plain JSON answer itself so
     /// the copy is the body's text as the server wrote it (rmcp's client would hand it over
     /// already parsed). SSE answers go through [`Self::tap_stream`]. The error cases are the
     /// ones these tests can meet; rmcp's finer ones (auth challenges, retry-after, body size
     /// bounds) are left out.
-    async fn post(
+    async fn post_message(
         &self,
         uri: Arc<str>,
         message: ClientJsonRpcMessage,
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
-    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         self.sending(&message);
         let mut request = self
             .inner
@@ -1345,33 +1361,6 @@ impl HttpTap {
             format!("HTTP {status} ({content_type}): {body}").into(),
         ))
     }
-}
-
-/// Adds one message to the copy of what the client read, as one line. A multi-line SSE `data`
-/// field arrives joined with newlines, and a JSON body may span lines; in JSON text a newline
-/// can only be whitespace between tokens, so it becomes a space, as on stdio.
-fn keep_read(read: &Mutex<Vec<u8>>, text: &str) {
-    if text.trim().is_empty() {
-        return;
-    }
-    let mut seen = locked(read);
-    seen.extend_from_slice(text.replace(['\r', '\n'], " ").as_bytes());
-    seen.push(b'\n');
-}
-
-impl StreamableHttpClient for HttpTap {
-    type Error = reqwest::Error;
-
-    async fn post_message(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
-    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
-        self.post(uri, message, session_id, auth_header, custom_headers).await
-    }
 
     async fn post_message_with_max_sse_event_size(
         &self,
@@ -1384,7 +1373,7 @@ impl StreamableHttpClient for HttpTap {
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         // The tests' events are small; the size bound is rmcp's guard, not under test here.
         let _ = max_sse_event_size;
-        self.post(uri, message, session_id, auth_header, custom_headers).await
+        self.post_message(uri, message, session_id, auth_header, custom_headers).await
     }
 
     async fn delete_session(
