@@ -573,11 +573,15 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 /// and close on either side). Anything else is an SSE stream, started by then at the latest, so
 /// that a slow or held call keeps its client's connection alive with keep-alive comments.
 async fn json_or_sse_response(mut messages: mpsc::Receiver<Bytes>, requests: usize) -> Response {
+    if requests != 1 {
+        // A batch streams from the start: nothing to wait for.
+        return sse_response(None, messages);
+    }
     let first = match tokio::time::timeout(JSON_ANSWER_WAIT, messages.recv()).await {
         Ok(Some(first)) => first,
         Ok(None) | Err(_) => return sse_response(None, messages),
     };
-    if requests == 1 && is_response(&first) {
+    if is_response(&first) {
         return ([(header::CONTENT_TYPE, "application/json")], first).into_response();
     }
     sse_response(Some(first), messages)
