@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::held::HeldConnection;
 use super::{
@@ -59,9 +59,6 @@ macro_rules! references_body {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
-
-/// Postgres allows 65,535 bound parameters per statement; events have 11 columns a row.
-const MAX_ROWS_PER_INSERT: usize = 2_000;
 
 pub struct PostgresStore {
     /// For appends and the small lookups of the proxy's path: every statement is bounded.
@@ -168,12 +165,8 @@ impl PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         let events = seal_after(chain_id, head, drafts);
-        for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
-            insert_statement(&[], chunk).build().execute(&mut *tx).await?;
-        }
-        for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
-            insert_statement(chunk, &[]).build().execute(&mut *tx).await?;
-        }
+        insert_rows(chain_id, &[], payloads).execute(&mut *tx).await?;
+        insert_rows(chain_id, &events, &[]).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(events)
     }
@@ -209,15 +202,13 @@ impl PostgresStore {
         let payloads = unique_payloads(drafts);
         if let Some(head) = self.cached_head(chain_id)
             && !self.contended()
-            && drafts.len() <= MAX_ROWS_PER_INSERT
-            && payloads.len() <= MAX_ROWS_PER_INSERT
         {
             // Fast path: extend the head this process wrote last, in one autocommitted statement
             // (one round trip). If another process extended the chain meanwhile, the primary key
             // refuses our seq (or a deadlock with its locked transaction rolls us back) and
             // nothing was written; then take the locked path.
             let events = seal_after(chain_id, Some(head), drafts);
-            match insert_statement(&events, &payloads).build().execute(&mut *conn).await {
+            match insert_rows(chain_id, &events, &payloads).execute(&mut *conn).await {
                 Ok(_) => {
                     self.remember_head(chain_id, &events);
                     return Ok(events);
@@ -256,44 +247,44 @@ impl PostgresStore {
     }
 }
 
-/// One statement that inserts `payloads` (skipping bodies already stored) and `events`.
-fn insert_statement<'a>(
+/// The one statement every append runs: it stores `payloads` (skipping bodies already stored)
+/// and inserts `events`, each column bound as one array. The text never changes with the batch
+/// size, so each connection prepares and plans it once; a multi-row `VALUES` list would be a new
+/// statement for every batch size, parsed and planned again whenever it fell out of the cache.
+const INSERT_EVENTS: &str = "\
+    WITH stored_payloads AS (\
+        INSERT INTO mcp_ledger.payloads (reference, body, size) \
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+        ON CONFLICT (reference) DO NOTHING RETURNING 1) \
+    INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
+        session_id, agent, server, data, prev_hash, hash) \
+    SELECT $4, * FROM UNNEST($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], \
+        $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[])";
+
+/// [`INSERT_EVENTS`] with its arguments. `events` all belong to `chain_id`.
+fn insert_rows<'a>(
+    chain_id: &'a str,
     events: &'a [Event],
-    payloads: &'a [&'a Payload],
-) -> QueryBuilder<'a, Postgres> {
-    let mut query = QueryBuilder::new("");
-    if !payloads.is_empty() {
-        // A data-modifying WITH runs even though the main statement does not read it.
-        query.push(
-            "WITH stored_payloads AS (INSERT INTO mcp_ledger.payloads (reference, body, size) ",
-        );
-        query.push_values(payloads, |mut row, p| {
-            row.push_bind(&p.reference).push_bind(&p.body).push_bind(p.size() as i64);
-        });
-        query.push(" ON CONFLICT (reference) DO NOTHING RETURNING 1) ");
-        if events.is_empty() {
-            query.push("SELECT count(*) FROM stored_payloads");
-            return query;
-        }
+    payloads: &[&'a Payload],
+) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+    fn column<'a, T>(events: &'a [Event], field: impl Fn(&'a Event) -> T) -> Vec<T> {
+        events.iter().map(field).collect()
     }
-    query.push(
-        "INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
-         session_id, agent, server, data, prev_hash, hash) ",
-    );
-    query.push_values(events, |mut row, e| {
-        row.push_bind(&e.chain_id)
-            .push_bind(e.seq)
-            .push_bind(&e.event_id)
-            .push_bind(&e.event_type)
-            .push_bind(&e.timestamp)
-            .push_bind(&e.session_id)
-            .push_bind(&e.agent)
-            .push_bind(&e.server)
-            .push_bind(Json(&e.data))
-            .push_bind(&e.prev_hash)
-            .push_bind(&e.hash);
-    });
-    query
+    sqlx::query(INSERT_EVENTS)
+        .bind(payloads.iter().map(|p| p.reference.as_str()).collect::<Vec<_>>())
+        .bind(payloads.iter().map(|p| p.body.as_str()).collect::<Vec<_>>())
+        .bind(payloads.iter().map(|p| p.size() as i64).collect::<Vec<_>>())
+        .bind(chain_id)
+        .bind(column(events, |e| e.seq))
+        .bind(column(events, |e| e.event_id.as_str()))
+        .bind(column(events, |e| e.event_type.as_str()))
+        .bind(column(events, |e| e.timestamp.as_str()))
+        .bind(column(events, |e| e.session_id.as_deref()))
+        .bind(column(events, |e| e.agent.as_deref()))
+        .bind(column(events, |e| e.server.as_deref()))
+        .bind(column(events, |e| Json(&e.data)))
+        .bind(column(events, |e| e.prev_hash.as_str()))
+        .bind(column(events, |e| e.hash.as_str()))
 }
 
 /// The payloads of `drafts`, each body once, sorted by reference. Concurrent transactions that
