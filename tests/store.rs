@@ -34,6 +34,7 @@ macro_rules! both_stores {
 
 both_stores!(
     appends_are_sealed_in_order_and_read_back,
+    a_long_ledger_of_several_chains_reads_back_whole_and_in_order,
     payloads_are_content_addressed_and_deduplicated,
     concurrent_appends_batch_into_one_gap_free_chain,
     the_database_refuses_to_change_events,
@@ -85,6 +86,36 @@ async fn appends_are_sealed_in_order_and_read_back(ledger: TestLedger) {
     // What comes back is exactly what was sealed, so every hash recomputes.
     assert_eq!(stored[0], first[0]);
     assert_eq!(stored[1..], more[..]);
+    assert!(verify_all(&stored).intact());
+    store.close().await;
+}
+
+/// More events than SQLite reads in one page, in two chains appended in turns, with text that
+/// JSON must escape: every event comes back exactly as sealed, ordered by chain and seq.
+async fn a_long_ledger_of_several_chains_reads_back_whole_and_in_order(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let mut sealed = Vec::new();
+    for round in 0..5 {
+        for chain in ["zeta", "alpha"] {
+            let drafts: Vec<Draft> = (0..500)
+                .map(|i| {
+                    let mut draft = tool_call(
+                        &format!("{chain}-{round}-{i}"),
+                        "echo",
+                        json!({"text": "quote \" backslash \\ tab \t é 🦀", "i": i}),
+                    );
+                    draft.server = (i % 3 == 0).then(|| "srv \"x\"".to_owned());
+                    draft
+                })
+                .collect();
+            sealed.extend(store.append(chain, &drafts).await.unwrap());
+        }
+    }
+    sealed.sort_by(|a, b| (&a.chain_id, a.seq).cmp(&(&b.chain_id, b.seq)));
+
+    let stored = all_events(&store).await;
+    assert_eq!(stored.len(), 5_000);
+    assert!(stored == sealed, "the events read back differ from those sealed");
     assert!(verify_all(&stored).intact());
     store.close().await;
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{TestLedger, run_cli};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mcp_ledger::record::{Draft, Event, EventType};
 use mcp_ledger::store::DEFAULT_CHAIN;
 use serde_json::json;
@@ -34,6 +34,7 @@ both_stores!(
     swapped_rows_are_named_as_out_of_order,
     a_duplicated_seq_is_named_as_inserted,
     a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link,
+    tampering_far_into_a_long_chain_is_found,
 );
 
 /// A ledger with `n` events, and the events as written.
@@ -121,6 +122,32 @@ async fn a_deleted_row_is_named_as_missing(ledger: TestLedger) {
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("missing: seq 2 of chain default is gone"), "{output}");
     assert!(output.contains(&events[2].event_id), "names the event after the gap: {output}");
+}
+
+/// SQLite's ledger is read a thousand events at a time: rows on either side of a page boundary,
+/// and pages after the first, are checked like any other.
+async fn tampering_far_into_a_long_chain_is_found(ledger: TestLedger) {
+    let events = ledger_with_events(&ledger, 2_500).await;
+    disarm(&ledger).await;
+    let table = ledger.events_table();
+    let data =
+        if ledger.is_postgres() { "'{\"amount\": 9000}'::jsonb" } else { "'{\"amount\": 9000}'" };
+    ledger
+        .exec_as_owner(&format!(
+            "UPDATE {table} SET data = {data} WHERE seq IN (1000, 1001, 2400); \
+             DELETE FROM {table} WHERE seq = 2000;"
+        ))
+        .await
+        .unwrap();
+
+    let (code, output) = verify(&ledger);
+    assert_eq!(code, 1, "{output}");
+    for seq in [1000, 1001, 2400] {
+        let event_id = &events[seq - 1].event_id;
+        assert!(output.contains(&format!("modified: event {event_id}")), "seq {seq}: {output}");
+    }
+    assert_eq!(output.matches("modified").count(), 3, "only the edited rows: {output}");
+    assert!(output.contains("missing: seq 2000 of chain default is gone"), "{output}");
 }
 
 async fn swapped_rows_are_named_as_out_of_order(ledger: TestLedger) {
@@ -238,4 +265,36 @@ async fn events_read_back_in_seq_order_after_tampering() {
     let store = ledger.open().await;
     let events: Vec<Event> = store.events().try_collect().await.unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_row_that_is_not_json_is_named_after_the_events_before_it() {
+    let ledger = TestLedger::sqlite();
+    let events = ledger_with_events(&ledger, 1_500).await;
+    disarm(&ledger).await;
+    ledger
+        .exec_as_owner(
+            // The JSON check and the indexes on JSON paths refuse such a row; an owner can lift
+            // the one and drop the others.
+            "PRAGMA ignore_check_constraints = ON; \
+             DROP INDEX events_call_id; DROP INDEX events_erasure_reference; \
+             UPDATE events SET data = '{\"amount\": ' WHERE seq = 1200;",
+        )
+        .await
+        .unwrap();
+
+    let store = ledger.open().await;
+    let read: Vec<_> = store.events().collect().await;
+    assert_eq!(read.len(), 1_200, "the 1,199 events before it, then its error");
+    assert!(read[..1_199].iter().all(Result::is_ok));
+    let error = read[1_199].as_ref().unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("ledger event {} is unreadable", events[1_199].event_id)),
+        "{error}"
+    );
+    store.close().await;
+
+    let (code, output) = verify(&ledger);
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains(&events[1_199].event_id), "{output}");
 }

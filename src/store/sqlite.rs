@@ -8,7 +8,6 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
@@ -19,6 +18,8 @@ use super::{
     ensure_parent_dir, seal_after,
 };
 use crate::record::{Draft, Event};
+
+mod pages;
 
 /// `SELECT` of every column of `events` (in the order `event_from_row` reads them), followed by
 /// the rest of the query.
@@ -171,10 +172,7 @@ impl Store for SqliteStore {
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
-        sqlx::query(select_events!(" ORDER BY chain_id, seq, event_id"))
-            .fetch(&self.pool)
-            .map(|row| event_from_row(&row?))
-            .boxed()
+        pages::all_events(&self.pool)
     }
 
     async fn provenance(&self, limit: i64) -> Result<Vec<ProvenanceRow>, StoreError> {
