@@ -204,9 +204,9 @@ impl PostgresStore {
             && !self.contended()
         {
             // Fast path: extend the head this process wrote last, in one autocommitted statement
-            // (one round trip). If another process extended the chain meanwhile, the primary key
-            // refuses our seq (or a deadlock with its locked transaction rolls us back) and
-            // nothing was written; then take the locked path.
+            // (one round trip) that takes the chain's lock before inserting. If another process
+            // extended the chain meanwhile, the primary key refuses our seq and nothing was
+            // written; then take the locked path.
             let events = seal_after(chain_id, Some(head), drafts);
             match insert_rows(chain_id, &events, &payloads).execute(&mut *conn).await {
                 Ok(_) => {
@@ -232,7 +232,9 @@ impl PostgresStore {
                     self.remember_head(chain_id, &events);
                     return Ok(events);
                 }
-                // Only a fast-path writer in another process can race the lock holder.
+                // Under the chain's lock no other writer can take our seq; what is left is a
+                // deadlock over a payload row with another chain's writer, which Postgres breaks
+                // by rolling one of us back.
                 Err(StoreError::Database(error))
                     if is_lost_race(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
                 {
@@ -251,6 +253,14 @@ impl PostgresStore {
 /// and inserts `events`, each column bound as one array. The text never changes with the batch
 /// size, so each connection prepares and plans it once; a multi-row `VALUES` list would be a new
 /// statement for every batch size, parsed and planned again whenever it fell out of the cache.
+///
+/// The chain's advisory lock is taken (an init plan, before the first event row) in the same
+/// statement, so a fast-path append waits for a locked transaction in another process to
+/// commit and then fails on the seq it took, instead of taking that transaction's seq from
+/// under it. Without the lock, a locked writer could lose its seq to fast-path writers in other
+/// processes on every retry until it gave up: with 8 `stdio` proxies on one ledger a call once
+/// failed closed on a duplicate seq, which is how this code could have produced that. Inside
+/// the locked path the lock is already held, and taking it again is free.
 const INSERT_EVENTS: &str = "\
     WITH stored_payloads AS (\
         INSERT INTO mcp_ledger.payloads (reference, body, size) \
@@ -259,7 +269,8 @@ const INSERT_EVENTS: &str = "\
     INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
         session_id, agent, server, data, prev_hash, hash) \
     SELECT $4, * FROM UNNEST($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], \
-        $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[])";
+        $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[]) \
+    WHERE EXISTS (SELECT FROM pg_advisory_xact_lock($15))";
 
 /// [`INSERT_EVENTS`] with its arguments. `events` all belong to `chain_id`.
 fn insert_rows<'a>(
@@ -285,6 +296,7 @@ fn insert_rows<'a>(
         .bind(column(events, |e| Json(&e.data)))
         .bind(column(events, |e| e.prev_hash.as_str()))
         .bind(column(events, |e| e.hash.as_str()))
+        .bind(chain_lock_key(chain_id))
 }
 
 /// The payloads of `drafts`, each body once, sorted by reference. Concurrent transactions that
@@ -298,10 +310,10 @@ fn unique_payloads(drafts: &[Draft]) -> Vec<&Payload> {
 }
 
 /// Whether `error` is a race with another process's writer that left nothing of ours written:
-/// it took the seq we tried to append at, or Postgres broke a deadlock by rolling us back. A
-/// fast-path statement and a locked transaction can deadlock: Postgres may run the statement's
-/// data-modifying `WITH` (the payloads) after its events insert, while the locked path inserts
-/// payloads first, so each can wait on a row the other inserted.
+/// it took the seq we tried to append at, or Postgres broke a deadlock by rolling us back.
+/// Writers of different chains can deadlock over payload rows: Postgres may run the fast
+/// path's data-modifying `WITH` (the payloads) after its events insert, while the locked path
+/// inserts payloads first, so each can wait on a row the other inserted.
 fn is_lost_race(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e)
         if (e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey"))
