@@ -79,8 +79,8 @@ pub struct PostgresStore {
 /// How long the fast path stays off after a lost race.
 const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
 
-/// How often the locked path retries when a fast-path writer elsewhere takes its seq first (or
-/// deadlocks with it).
+/// How often the locked path retries a lost race. Since the fast path takes the chain's lock
+/// too, only a deadlock that Postgres breaks by rolling us back is left to retry.
 const MAX_LOCKED_ATTEMPTS: u32 = 20;
 
 impl PostgresStore {
@@ -165,8 +165,7 @@ impl PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         let events = seal_after(chain_id, head, drafts);
-        insert_rows(chain_id, &[], payloads).execute(&mut *tx).await?;
-        insert_rows(chain_id, &events, &[]).execute(&mut *tx).await?;
+        insert_rows(chain_id, &events, payloads).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(events)
     }
@@ -233,8 +232,8 @@ impl PostgresStore {
                     return Ok(events);
                 }
                 // Under the chain's lock no other writer can take our seq; what is left is a
-                // deadlock over a payload row with another chain's writer, which Postgres breaks
-                // by rolling one of us back.
+                // deadlock with another chain's writer, which Postgres breaks by rolling one of
+                // us back.
                 Err(StoreError::Database(error))
                     if is_lost_race(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
                 {
@@ -311,9 +310,8 @@ fn unique_payloads(drafts: &[Draft]) -> Vec<&Payload> {
 
 /// Whether `error` is a race with another process's writer that left nothing of ours written:
 /// it took the seq we tried to append at, or Postgres broke a deadlock by rolling us back.
-/// Writers of different chains can deadlock over payload rows: Postgres may run the fast
-/// path's data-modifying `WITH` (the payloads) after its events insert, while the locked path
-/// inserts payloads first, so each can wait on a row the other inserted.
+/// Writers of different chains do not share a lock, and their statements can wait on each
+/// other's uncommitted payload rows (the same body stored by both).
 fn is_lost_race(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e)
         if (e.code().as_deref() == Some("23505") && e.constraint() == Some("events_pkey"))
