@@ -23,10 +23,11 @@ fn main() {
         }
     };
     mcp_ledger::cli::init_logging();
-    let runtime = if cli.single_threaded() {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Runtime::new()
+    let runtime = match cli.runtime_threads() {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        threads => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+        }
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,

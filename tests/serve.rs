@@ -845,3 +845,53 @@ async fn max_sessions_holds_under_concurrent_initializes() {
     let (status, _, stderr) = serve.stop().await;
     assert!(status.success(), "{status:?}\n{stderr}");
 }
+
+/// `serve` runs on one thread by default on a 2-CPU machine, so every other test here exercises
+/// that runtime; this one runs it on several, with sessions calling at once.
+#[tokio::test]
+async fn on_several_threads_concurrent_sessions_record_one_intact_chain() {
+    const SESSIONS: u64 = 8;
+    const CALLS: u64 = 10;
+    let alice = AgentCred::new("alice");
+    let serve = Serve::start(Options {
+        agents: vec![alice.clone()],
+        threads: Some(3),
+        ..Options::default()
+    })
+    .await;
+    let demo = serve.mcp(DEMO, Some(&alice));
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let demo = demo.clone();
+            tokio::spawn(async move {
+                let session = demo.initialize().await;
+                for id in 1..=CALLS {
+                    let response = demo
+                        .call(&session, id, "lookup_customer", json!({"customer_id": "cus_1004"}))
+                        .await;
+                    assert!(response.get("result").is_some(), "{response}");
+                }
+                session
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for session in sessions {
+        ids.push(session.await.expect("session task"));
+    }
+
+    let (status, files, stderr) = serve.stop().await;
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("threads=3"), "serve logs its thread count: {stderr}");
+    let events = read_events(&files.ledger).await;
+    let calls = tool_calls(&events, "lookup_customer");
+    assert_eq!(calls.len() as u64, SESSIONS * CALLS);
+    for call in &calls {
+        assert_eq!(results_of(&events, call).len(), 1, "one result for {call:?}");
+    }
+    for session in &ids {
+        assert!(has_session_end(&events, session), "session_end for {session}");
+    }
+    let (code, out, err) = run_cli(&["verify", "--ledger", &files.ledger.url_string()]);
+    assert_eq!(code, 0, "verify: {out}{err}");
+}

@@ -101,11 +101,22 @@ enum Command {
 }
 
 impl Cli {
-    /// Whether the command is best run on one thread: a `stdio` proxy serves one agent, and at
-    /// one call at a time most of its CPU went into waking runtime threads for each hand-off
-    /// between its tasks (docs/performance.md); on one thread those hand-offs are plain polls.
-    pub fn single_threaded(&self) -> bool {
-        matches!(self.command, Command::Stdio(_))
+    /// How many threads the async runtime gets; 1 means a current-thread runtime.
+    ///
+    /// A `stdio` proxy serves one agent, and at one call at a time most of its CPU went into
+    /// waking runtime threads for each hand-off between its tasks (docs/performance.md); on one
+    /// thread those hand-offs are plain polls. `serve` takes `--threads`, by default one per two
+    /// CPUs: it shares the machine with its database and usually with the agents and upstreams,
+    /// and on the 2-CPU benchmark machine one thread did as many calls per second at 64 sessions
+    /// as two, with less CPU per call and lower latency at one session (docs/performance.md).
+    /// Everything else keeps tokio's default of one thread per CPU.
+    pub fn runtime_threads(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        match &self.command {
+            Command::Stdio(_) => 1,
+            Command::Serve(args) => args.threads().unwrap_or_else(|| serve::default_threads(cpus)),
+            _ => cpus,
+        }
     }
 }
 

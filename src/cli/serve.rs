@@ -28,8 +28,24 @@ pub struct ServeArgs {
     /// The policy directory [default: the file's [policy] dir; none: allow and record everything]
     #[arg(long, value_name = "DIR")]
     policy: Option<PathBuf>,
+    /// Threads that run sessions, the writer and the HTTP server; 1 runs everything on one
+    /// thread, with no hand-offs between threads [default: one per two CPUs, at least 1]
+    #[arg(long, env = "MCP_LEDGER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(flatten)]
     ledger: LedgerArgs,
+}
+
+impl ServeArgs {
+    /// `--threads`, if given.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads.map(usize::from)
+    }
+}
+
+/// `serve`'s runtime threads on a machine with `cpus` CPUs when `--threads` is not given.
+pub fn default_threads(cpus: usize) -> usize {
+    (cpus / 2).max(1)
 }
 
 pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
@@ -112,7 +128,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     settings.notifier = configured::approvals_webhook(&config, &console_url, &ledger)?;
     let api = api::router(ApiState { store: store.clone(), operators, origins });
     let proxy = HttpProxy::new(settings, ledger);
-    tracing::info!(ledger = %url, "recording to the ledger");
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(ledger = %url, threads, "recording to the ledger");
     for server in &config.servers {
         // Printed, not logged: it is the address to put in client configs.
         println!("serving {} at http://{bound}/mcp/{}", server.name, server.name);

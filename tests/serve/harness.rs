@@ -52,6 +52,8 @@ pub struct Options {
     pub raw_agents: Option<String>,
     /// Extra `[[servers]]` entries, written verbatim.
     pub extra_servers: String,
+    /// `--threads` (default: not given, so serve picks from the CPU count).
+    pub threads: Option<u16>,
 }
 
 pub struct Files {
@@ -60,6 +62,7 @@ pub struct Files {
     pub call_log: PathBuf,
     pub upstream_log: PathBuf,
     pub ledger: TestLedger,
+    pub threads: Option<u16>,
 }
 
 pub fn fixture() -> String {
@@ -109,7 +112,7 @@ pub fn write_config(options: &Options) -> Files {
     }
     let config = dir.path().join("mcp-ledger.toml");
     std::fs::write(&config, text).expect("write config");
-    Files { _dir: dir, config, call_log, upstream_log, ledger }
+    Files { _dir: dir, config, call_log, upstream_log, ledger, threads: options.threads }
 }
 
 /// A `serve` child process with its output collected by threads.
@@ -121,10 +124,17 @@ pub struct Launched {
 }
 
 pub fn launch(files: &Files, listen: &str) -> Launched {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&files.config)
-        .args(["--listen", listen, "--ledger", &files.ledger.url_string()])
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config"]).arg(&files.config).args([
+        "--listen",
+        listen,
+        "--ledger",
+        &files.ledger.url_string(),
+    ]);
+    if let Some(threads) = files.threads {
+        command.arg("--threads").arg(threads.to_string());
+    }
+    let mut child = command
         // As verbose as the crate logs, so a secret in any log line would show.
         .env("MCP_LEDGER_LOG", "warn,mcp_ledger=debug")
         .stdin(Stdio::null())
