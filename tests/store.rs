@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::TestLedger;
 use futures::TryStreamExt;
 use mcp_ledger::record::verify::verify_all;
-use mcp_ledger::record::{Draft, EventType, GENESIS_PREV_HASH, Payload};
+use mcp_ledger::record::{Draft, EventType, GENESIS_PREV_HASH, Payload, canonical_value_bytes};
 use mcp_ledger::store::writer::Ledger;
 use mcp_ledger::store::{DEFAULT_CHAIN, Store};
 use serde_json::json;
@@ -269,6 +269,33 @@ async fn two_stores_on_one_ledger_keep_one_chain(ledger: TestLedger) {
     assert!(report.intact(), "{:?}", report.findings);
     a.close().await;
     b.close().await;
+}
+
+/// SQLite keeps `data` as text: the canonical JSON its hash covers, the same whether the draft
+/// came through the writer (its text computed beforehand) or straight to the store.
+#[tokio::test]
+async fn sqlite_stores_data_as_its_canonical_text() {
+    use sqlx::Connection;
+    let ledger = TestLedger::sqlite();
+    let store = ledger.open().await;
+    let data = json!({"z": [1.0, 1e21, "é\u{1}"], "a": {"y": null, "b": "\"q\""}});
+    let drafts = [
+        Draft::new(EventType::ToolCall, data.clone()),
+        Draft::new(EventType::ToolCall, data.clone()).prepared(),
+    ];
+    store.append(DEFAULT_CHAIN, &drafts).await.unwrap();
+    store.close().await;
+
+    let path = ledger.sqlite_path().expect("a SQLite ledger");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open the SQLite file");
+    let texts: Vec<String> = sqlx::query_scalar("SELECT data FROM events ORDER BY seq")
+        .fetch_all(&mut conn)
+        .await
+        .expect("read data");
+    let canonical = String::from_utf8(canonical_value_bytes(&data)).unwrap();
+    assert_eq!(texts, [canonical.clone(), canonical]);
 }
 
 /// In Postgres the proxy can run as a role that may only insert and read.

@@ -1,5 +1,7 @@
 //! One ledger event, before (`Draft`) and after (`Event`) it takes its place in a chain.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -95,9 +97,14 @@ struct PreimageParts {
     head: Vec<u8>,
     /// `,"data":…,"event_id":…,"event_type":…,"prev_hash":"`
     middle: Vec<u8>,
+    /// Where the canonical text of `data` ends in `middle` (it starts after [`DATA_KEY`]).
+    data_end: usize,
     /// `,"server":…,"session_id":…,"timestamp":"`
     tail: Vec<u8>,
 }
+
+/// What precedes `data` in [`PreimageParts::middle`].
+const DATA_KEY: &[u8] = b",\"data\":";
 
 impl PreimageParts {
     fn of(
@@ -114,8 +121,9 @@ impl PreimageParts {
         head.extend_from_slice(b",\"chain_id\":");
 
         let mut middle = Vec::with_capacity(256);
-        middle.extend_from_slice(b",\"data\":");
+        middle.extend_from_slice(DATA_KEY);
         write_value(&mut middle, data);
+        let data_end = middle.len();
         middle.extend_from_slice(b",\"event_id\":");
         write_str(&mut middle, event_id);
         middle.extend_from_slice(b",\"event_type\":");
@@ -128,7 +136,13 @@ impl PreimageParts {
         tail.extend_from_slice(b",\"session_id\":");
         write_optional(&mut tail, session_id);
         tail.extend_from_slice(b",\"timestamp\":");
-        PreimageParts { head, middle, tail }
+        PreimageParts { head, middle, data_end, tail }
+    }
+
+    /// The canonical JSON text of `data`.
+    fn data_json(&self) -> &str {
+        std::str::from_utf8(&self.middle[DATA_KEY.len()..self.data_end])
+            .expect("canonical JSON is UTF-8")
     }
 
     /// The whole preimage at a place in a chain.
@@ -260,6 +274,18 @@ impl Draft {
         )
     }
 
+    /// `data` as canonical JSON (RFC 8785): the text the event's hash covers, and what the stores
+    /// write, so that a prepared draft's `data` is serialised once.
+    pub fn data_json(&self) -> Cow<'_, str> {
+        match &self.parts {
+            Some(parts) => Cow::Borrowed(parts.data_json()),
+            None => Cow::Owned(
+                String::from_utf8(canonical_value_bytes(&self.data))
+                    .expect("canonical JSON is UTF-8"),
+            ),
+        }
+    }
+
     /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`.
     pub fn seal(&self, chain_id: &str, seq: i64, prev_hash: &str, now: OffsetDateTime) -> Event {
         let timestamp = format_timestamp(now);
@@ -377,6 +403,16 @@ mod tests {
             String::from_utf8(unprepared.canonical_preimage()).unwrap(),
             String::from_utf8(reference).unwrap()
         );
+    }
+
+    #[test]
+    fn data_json_is_the_canonical_text_of_data_prepared_or_not() {
+        let data = json!({"z": [1.0, 1e21, "\u{7f}é"], "a": {"y": null, "b": "\"\n"}});
+        let canonical = String::from_utf8(canonical_value_bytes(&data)).unwrap();
+        let mut draft = Draft::new(EventType::ToolCall, data);
+        draft.agent = Some("a".into());
+        assert_eq!(draft.data_json(), canonical);
+        assert_eq!(draft.prepared().data_json(), canonical);
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         let events = seal_after(chain_id, head, drafts);
-        insert_rows(chain_id, &events, payloads).execute(&mut *tx).await?;
+        insert_rows(chain_id, &events, drafts, payloads).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(events)
     }
@@ -207,7 +207,7 @@ impl PostgresStore {
             // extended the chain meanwhile, the primary key refuses our seq and nothing was
             // written; then take the locked path.
             let events = seal_after(chain_id, Some(head), drafts);
-            match insert_rows(chain_id, &events, &payloads).execute(&mut *conn).await {
+            match insert_rows(chain_id, &events, drafts, &payloads).execute(&mut *conn).await {
                 Ok(_) => {
                     self.remember_head(chain_id, &events);
                     return Ok(events);
@@ -268,13 +268,16 @@ const INSERT_EVENTS: &str = "\
     INSERT INTO mcp_ledger.events (chain_id, seq, event_id, event_type, \"timestamp\", \
         session_id, agent, server, data, prev_hash, hash) \
     SELECT $4, * FROM UNNEST($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], \
-        $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::text[]) \
+        $10::text[], $11::text[], $12::text[]::jsonb[], $13::text[], $14::text[]) \
     WHERE EXISTS (SELECT FROM pg_advisory_xact_lock($15))";
 
-/// [`INSERT_EVENTS`] with its arguments. `events` all belong to `chain_id`.
+/// [`INSERT_EVENTS`] with its arguments. `events` all belong to `chain_id` and were sealed from
+/// `drafts`, in step; `data` is bound as the drafts' canonical text, computed before the batch
+/// reached the writer, instead of being serialised again here.
 fn insert_rows<'a>(
     chain_id: &'a str,
     events: &'a [Event],
+    drafts: &'a [Draft],
     payloads: &[&'a Payload],
 ) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
     fn column<'a, T>(events: &'a [Event], field: impl Fn(&'a Event) -> T) -> Vec<T> {
@@ -292,7 +295,7 @@ fn insert_rows<'a>(
         .bind(column(events, |e| e.session_id.as_deref()))
         .bind(column(events, |e| e.agent.as_deref()))
         .bind(column(events, |e| e.server.as_deref()))
-        .bind(column(events, |e| Json(&e.data)))
+        .bind(drafts.iter().map(Draft::data_json).collect::<Vec<_>>())
         .bind(column(events, |e| e.prev_hash.as_str()))
         .bind(column(events, |e| e.hash.as_str()))
         .bind(chain_lock_key(chain_id))

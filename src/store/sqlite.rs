@@ -124,12 +124,15 @@ async fn append_on(
             .await?;
     let events = seal_after(chain_id, head, drafts);
 
-    for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+    // `data` is stored as the drafts' canonical text, computed before the batch reached the
+    // writer: the text the hash covers, serialised once.
+    let rows: Vec<_> = events.iter().zip(drafts.iter().map(Draft::data_json)).collect();
+    for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::new(
             "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, \
              agent, server, data, prev_hash, hash) ",
         );
-        insert.push_values(chunk, |mut row, e| {
+        insert.push_values(chunk, |mut row, (e, data)| {
             row.push_bind(&e.chain_id)
                 .push_bind(e.seq)
                 .push_bind(&e.event_id)
@@ -138,7 +141,7 @@ async fn append_on(
                 .push_bind(&e.session_id)
                 .push_bind(&e.agent)
                 .push_bind(&e.server)
-                .push_bind(e.data.to_string())
+                .push_bind(data.as_ref())
                 .push_bind(&e.prev_hash)
                 .push_bind(&e.hash);
         });
