@@ -298,6 +298,49 @@ async fn sqlite_stores_data_as_its_canonical_text() {
     assert_eq!(texts, [canonical.clone(), canonical]);
 }
 
+/// Another process holding SQLite's write lock (here a raw connection in `BEGIN IMMEDIATE`)
+/// holds an append up until it lets go, and past the lock timeout fails it with nothing written.
+#[tokio::test]
+async fn sqlite_appends_wait_for_another_process_write_lock_up_to_the_timeout() {
+    use sqlx::Connection;
+    let ledger = TestLedger::sqlite();
+    let options = mcp_ledger::store::StoreOptions {
+        lock_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let store = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    let path = ledger.sqlite_path().expect("a SQLite ledger");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open the SQLite file");
+
+    // Held for less than the timeout: the append waits, then commits.
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let first = [tool_call("c1", "echo", json!({}))];
+    let append = store.append(DEFAULT_CHAIN, &first);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    };
+    let (appended, ()) = tokio::join!(append, release);
+    assert_eq!(appended.expect("appended once the lock was free")[0].seq, 1);
+
+    // Held past the timeout: the append fails, naming the lock, and writes nothing.
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let error = store
+        .append(DEFAULT_CHAIN, &[tool_call("c2", "echo", json!({}))])
+        .await
+        .expect_err("the lock was held past the timeout");
+    assert!(error.to_string().contains("locked"), "{error}");
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    let appended = store.append(DEFAULT_CHAIN, &[tool_call("c3", "echo", json!({}))]).await;
+    assert_eq!(appended.expect("appends again once the lock is free")[0].seq, 2);
+    let stored = all_events(&store).await;
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(verify_all(&stored).intact());
+    store.close().await;
+}
+
 /// In Postgres the proxy can run as a role that may only insert and read.
 #[tokio::test]
 async fn postgres_writer_role_can_append_but_not_change_history() {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -51,11 +52,16 @@ const MAX_ROWS_PER_INSERT: usize = 2_000;
 /// How often a waiter looks for new approval events (SQLite cannot notify other processes).
 const SQLITE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long an append sleeps before it tries again for the write lock another process holds.
+const WRITE_LOCK_RETRY: Duration = Duration::from_millis(1);
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The connection appends go through (`held.rs` says why). While another chain's writer is
     /// using it, appends take one from the pool.
     appender: HeldConnection<SqliteConnection>,
+    /// How long an append waits for the write lock.
+    lock_timeout: Duration,
 }
 
 impl SqliteStore {
@@ -75,8 +81,12 @@ impl SqliteStore {
             .acquire_timeout(options.lock_timeout)
             .connect_with(connect.clone())
             .await?;
-        let appender = HeldConnection::new(connect, options.lock_timeout);
-        let store = SqliteStore { pool, appender };
+        // The appender waits for the write lock in `append_on`, not in SQLite's busy handler. The
+        // pragma runs after the connection's others (journal mode included), which still get the
+        // whole lock timeout.
+        let appender =
+            HeldConnection::new(connect.pragma("busy_timeout", "0"), options.lock_timeout);
+        let store = SqliteStore { pool, appender, lock_timeout: options.lock_timeout };
         if options.migrate {
             store.migrate().await?;
         }
@@ -109,14 +119,46 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
     })
 }
 
-/// Appends under SQLite's write lock, taken first (BEGIN IMMEDIATE) so that the head read and
-/// the insert are one step across processes.
+/// Appends under SQLite's write lock, waiting up to `lock_timeout` while other processes hold it.
+///
+/// SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between its tries, so under
+/// steady contention a waiter that lost a few times sleeps on long after the lock came free:
+/// with 8 `stdio` proxies on one file, p99 +245 ms and p999 +824 ms (docs/performance.md). The
+/// held connection has no busy timeout; this tries again every millisecond instead.
 async fn append_on(
     conn: &mut SqliteConnection,
     chain_id: &str,
     drafts: &[Draft],
+    lock_timeout: Duration,
 ) -> Result<Vec<Event>, StoreError> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let deadline = Instant::now() + lock_timeout;
+    loop {
+        match append_once(conn, chain_id, drafts).await? {
+            Attempt::Appended(events) => return Ok(events),
+            Attempt::LockBusy(error) if Instant::now() >= deadline => return Err(error.into()),
+            Attempt::LockBusy(_) => tokio::time::sleep(WRITE_LOCK_RETRY).await,
+        }
+    }
+}
+
+enum Attempt {
+    Appended(Vec<Event>),
+    /// Another connection held the write lock; nothing was done.
+    LockBusy(sqlx::Error),
+}
+
+/// One try: the write lock, taken first (BEGIN IMMEDIATE) so that the head read and the insert
+/// are one step across processes, then the head, the insert and the commit.
+async fn append_once(
+    conn: &mut SqliteConnection,
+    chain_id: &str,
+    drafts: &[Draft],
+) -> Result<Attempt, StoreError> {
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(error) if is_busy(&error) => return Ok(Attempt::LockBusy(error)),
+        Err(error) => return Err(error.into()),
+    };
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1")
             .bind(chain_id)
@@ -165,13 +207,22 @@ async fn append_on(
         insert.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(events)
+    Ok(Attempt::Appended(events))
+}
+
+/// SQLITE_BUSY, in any of its extended forms: another connection holds a lock this one needs.
+fn is_busy(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e)
+        if e.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        self.appender.append(&self.pool, async |conn| append_on(conn, chain_id, drafts).await).await
+        let lock_timeout = self.lock_timeout;
+        self.appender
+            .append(&self.pool, async |conn| append_on(conn, chain_id, drafts, lock_timeout).await)
+            .await
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {
