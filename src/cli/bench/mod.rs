@@ -340,10 +340,11 @@ async fn bench(
         }
     }
 
+    let cpus = std::thread::available_parallelism().map_or(0, NonZeroUsize::get);
     Ok(Report {
         build: if cfg!(debug_assertions) { "debug" } else { "release" },
         machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(0, NonZeroUsize::get),
+            cpus,
             cpu_model: procstat::cpu_model(),
             memory_bytes: procstat::memory_total(),
             postgres: run_db.or(bulk_db).map(|db| db.server.clone()),
@@ -354,6 +355,7 @@ async fn bench(
         upstream: "the demo server's lookup_customer: over stdio a `mcp-ledger demo-server` child \
                    per session; over http rmcp's Streamable HTTP server in the bench process"
             .to_owned(),
+        serve_threads: serve_threads(cpus),
         sqlite_ledger: sqlite.to_string(),
         postgres_ledger: run_db.map(|db| format!("{} ({})", redact_password(&db.url), db.server)),
         postgres_skipped,
@@ -362,6 +364,18 @@ async fn bench(
         bulk,
         ledgers,
     })
+}
+
+/// The threads the `serve` children run on, for the report: they inherit `MCP_LEDGER_THREADS`
+/// from the bench, and otherwise take `serve`'s default for the machine.
+fn serve_threads(cpus: usize) -> String {
+    match std::env::var("MCP_LEDGER_THREADS") {
+        Ok(threads) => format!("{threads} thread(s), from MCP_LEDGER_THREADS"),
+        Err(_) => format!(
+            "{} thread(s), the default for {cpus} cpus (one per two; MCP_LEDGER_THREADS=N sets it)",
+            super::serve::default_threads(cpus)
+        ),
+    }
 }
 
 async fn migrate(url: &LedgerUrl) -> anyhow::Result<()> {

@@ -33,6 +33,8 @@ pub struct Report {
     pub machine: Machine,
     pub plan: Plan,
     pub upstream: String,
+    /// The threads `serve` ran on, and where that number came from.
+    pub serve_threads: String,
     pub sqlite_ledger: String,
     pub postgres_ledger: Option<String>,
     /// Why Postgres was not measured, when it was not.
@@ -237,6 +239,7 @@ impl Report {
             load(m.load_average_at_end)
         );
         println!("  upstream  {}", self.upstream);
+        println!("  serve     {}", self.serve_threads);
         println!("  sqlite    {}", self.sqlite_ledger);
         match (&self.postgres_ledger, &self.postgres_skipped) {
             (Some(ledger), _) => println!("  postgres  {ledger}"),
