@@ -271,11 +271,19 @@ async fn two_stores_on_one_ledger_keep_one_chain(ledger: TestLedger) {
     b.close().await;
 }
 
+/// A connection of its own to a SQLite ledger's file, as another process would open it.
+async fn raw_sqlite(ledger: &TestLedger) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let path = ledger.sqlite_path().expect("a SQLite ledger");
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open the SQLite file")
+}
+
 /// SQLite keeps `data` as text: the canonical JSON its hash covers, the same whether the draft
 /// came through the writer (its text computed beforehand) or straight to the store.
 #[tokio::test]
 async fn sqlite_stores_data_as_its_canonical_text() {
-    use sqlx::Connection;
     let ledger = TestLedger::sqlite();
     let store = ledger.open().await;
     let data = json!({"z": [1.0, 1e21, "é\u{1}"], "a": {"y": null, "b": "\"q\""}});
@@ -286,10 +294,7 @@ async fn sqlite_stores_data_as_its_canonical_text() {
     store.append(DEFAULT_CHAIN, &drafts).await.unwrap();
     store.close().await;
 
-    let path = ledger.sqlite_path().expect("a SQLite ledger");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("open the SQLite file");
+    let mut conn = raw_sqlite(&ledger).await;
     let texts: Vec<String> = sqlx::query_scalar("SELECT data FROM events ORDER BY seq")
         .fetch_all(&mut conn)
         .await
@@ -302,17 +307,13 @@ async fn sqlite_stores_data_as_its_canonical_text() {
 /// holds an append up until it lets go, and past the lock timeout fails it with nothing written.
 #[tokio::test]
 async fn sqlite_appends_wait_for_another_process_write_lock_up_to_the_timeout() {
-    use sqlx::Connection;
     let ledger = TestLedger::sqlite();
     let options = mcp_ledger::store::StoreOptions {
         lock_timeout: Duration::from_millis(400),
         ..Default::default()
     };
     let store = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
-    let path = ledger.sqlite_path().expect("a SQLite ledger");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("open the SQLite file");
+    let mut other = raw_sqlite(&ledger).await;
 
     // Held for less than the timeout: the append waits, then commits.
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();

@@ -87,12 +87,16 @@ async fn an_untouched_ledger_verifies(ledger: TestLedger) {
     assert_eq!(report["chains"][0]["hash"], events[4].hash.as_str());
 }
 
+/// SQL for the `data` an attacker writes over a row, typed for the ledger's database.
+fn forged_data(ledger: &TestLedger) -> &'static str {
+    if ledger.is_postgres() { "'{\"amount\": 9000}'::jsonb" } else { "'{\"amount\": 9000}'" }
+}
+
 async fn an_edited_row_is_named_as_modified(ledger: TestLedger) {
     let events = ledger_with_events(&ledger, 5).await;
     disarm(&ledger).await;
     let table = ledger.events_table();
-    let data =
-        if ledger.is_postgres() { "'{\"amount\": 9000}'::jsonb" } else { "'{\"amount\": 9000}'" };
+    let data = forged_data(&ledger);
     ledger.exec_as_owner(&format!("UPDATE {table} SET data = {data} WHERE seq = 3")).await.unwrap();
 
     let (code, output) = verify(&ledger);
@@ -130,8 +134,7 @@ async fn tampering_far_into_a_long_chain_is_found(ledger: TestLedger) {
     let events = ledger_with_events(&ledger, 2_500).await;
     disarm(&ledger).await;
     let table = ledger.events_table();
-    let data =
-        if ledger.is_postgres() { "'{\"amount\": 9000}'::jsonb" } else { "'{\"amount\": 9000}'" };
+    let data = forged_data(&ledger);
     ledger
         .exec_as_owner(&format!(
             "UPDATE {table} SET data = {data} WHERE seq IN (1000, 1001, 2400); \

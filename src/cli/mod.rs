@@ -111,11 +111,13 @@ impl Cli {
     /// as two, with less CPU per call and lower latency at one session (docs/performance.md).
     /// Everything else keeps tokio's default of one thread per CPU.
     pub fn runtime_threads(&self) -> usize {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpus = || std::thread::available_parallelism().map_or(1, usize::from);
         match &self.command {
             Command::Stdio(_) => 1,
-            Command::Serve(args) => args.threads().unwrap_or_else(|| serve::default_threads(cpus)),
-            _ => cpus,
+            Command::Serve(args) => {
+                args.threads().unwrap_or_else(|| serve::default_threads(cpus()))
+            }
+            _ => cpus(),
         }
     }
 }
