@@ -895,3 +895,21 @@ async fn on_several_threads_concurrent_sessions_record_one_intact_chain() {
     let (code, out, err) = run_cli(&["verify", "--ledger", &files.ledger.url_string()]);
     assert_eq!(code, 0, "verify: {out}{err}");
 }
+
+/// A thread count that is not a positive number is a usage error naming the flag, before
+/// anything starts.
+#[test]
+fn a_bad_thread_count_is_refused_with_its_flag_named() {
+    let (code, _, stderr) = run_cli(&["serve", "--threads", "0"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+
+    let output = std::process::Command::new(common::BIN)
+        .arg("serve")
+        .env("MCP_LEDGER_THREADS", "many")
+        .output()
+        .expect("run mcp-ledger");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--threads") && stderr.contains("many"), "{stderr}");
+}
