@@ -212,6 +212,13 @@ async fn metrics_count_real_calls_by_decision_and_outcome_holds_commits_and_pii(
     assert!(value(&after, "mcp_ledger_commit_batch_size_count", &[]) >= 10.0, "{text}");
     assert!(value(&after, "mcp_ledger_commit_batch_size_sum", &[]) >= commits, "{text}");
     assert_eq!(value(&after, "mcp_ledger_commit_failures_total", &[]), 0.0, "{text}");
+    // Every append's wait for its commit: at least one per batch, and never shorter in all
+    // than the batches that committed them.
+    let appends = value(&after, "mcp_ledger_commit_wait_seconds_count", &[]);
+    assert!(appends >= commits, "{appends} appends in {commits} batches\n{text}");
+    let waited = value(&after, "mcp_ledger_commit_wait_seconds_sum", &[]);
+    let committing = value(&after, "mcp_ledger_commit_duration_seconds_sum", &[]);
+    assert!(waited >= committing, "waited {waited} s, committing took {committing} s\n{text}");
 
     // The addresses (input, and the demo's echo of it in the output) are PII findings; the
     // metrics name the pattern, never the address.

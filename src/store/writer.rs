@@ -7,7 +7,7 @@
 //! draft is committed alone, with no added wait.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -30,6 +30,8 @@ pub enum AppendError {
 /// Drafts that commit together (in one transaction, next to each other in the chain).
 struct Job {
     drafts: Vec<Draft>,
+    /// When the job was queued: its wait for the batch in flight ahead of it counts too.
+    queued: Instant,
     committed: oneshot::Sender<Result<Vec<Event>, AppendError>>,
 }
 
@@ -71,7 +73,8 @@ impl Ledger {
         }
         let drafts = drafts.into_iter().map(Draft::prepared).collect();
         let (committed, wait) = oneshot::channel();
-        self.jobs.send(Job { drafts, committed }).await.map_err(|_| AppendError::Stopped)?;
+        let job = Job { drafts, queued: Instant::now(), committed };
+        self.jobs.send(job).await.map_err(|_| AppendError::Stopped)?;
         wait.await.map_err(|_| AppendError::Stopped)?
     }
 }
@@ -87,19 +90,21 @@ async fn run(
         let mut drafts = Vec::with_capacity(batch.len());
         let mut waiters = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
-            waiters.push((job.drafts.len(), job.committed));
+            waiters.push((job.drafts.len(), job.queued, job.committed));
             drafts.extend(job.drafts);
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
             .await
             .unwrap_or(Err(StoreError::Timeout(commit_timeout)));
-        crate::telemetry::metrics().ledger_batch(started.elapsed(), drafts.len(), outcome.is_ok());
+        let metrics = crate::telemetry::metrics();
+        metrics.ledger_batch(started.elapsed(), drafts.len(), outcome.is_ok());
         match outcome {
             Ok(events) => {
                 tracing::debug!(batch = events.len(), "ledger batch committed");
                 let mut events = events.into_iter();
-                for (count, waiter) in waiters {
+                for (count, queued, waiter) in waiters {
+                    metrics.ledger_wait(queued.elapsed());
                     // A waiter that gave up is fine: the events are committed either way.
                     let _ = waiter.send(Ok(events.by_ref().take(count).collect()));
                 }
@@ -107,7 +112,7 @@ async fn run(
             Err(error) => {
                 tracing::error!(%error, batch = drafts.len(), "ledger append failed; failing the batch closed");
                 let error = AppendError::Store(Arc::new(error));
-                for (_, waiter) in waiters {
+                for (_, _, waiter) in waiters {
                     let _ = waiter.send(Err(error.clone()));
                 }
             }

@@ -79,6 +79,7 @@ pub struct Metrics {
     pub(super) holds_waiting: Family<HoldLabels, Gauge>,
     pub(super) holds: Family<HoldLabels, Counter>,
     commit_duration: Histogram,
+    commit_wait: Histogram,
     commit_batch: Histogram,
     commit_failures: Counter,
     pub(super) upstream_errors: Family<UpstreamLabels, Counter>,
@@ -124,6 +125,7 @@ impl Metrics {
             holds: Family::default(),
             // 0.1 ms to about 3 s, doubling: a healthy commit is well under 10 ms.
             commit_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            commit_wait: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             // 1 to 512 events (the writer's largest batch), doubling.
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_failures: Counter::default(),
@@ -156,6 +158,13 @@ impl Metrics {
             "Time the group-commit writer took to append and commit one batch",
             Unit::Seconds,
             metrics.commit_duration.clone(),
+        );
+        registry.register_with_unit(
+            "commit_wait",
+            "Time an append waited from reaching the group-commit writer to being committed: \
+             the batch in flight ahead of it, then its own",
+            Unit::Seconds,
+            metrics.commit_wait.clone(),
         );
         registry.register(
             "commit_batch_size",
@@ -208,5 +217,10 @@ impl Metrics {
         } else {
             self.commit_failures.inc();
         }
+    }
+
+    /// One committed append, from the moment it reached the writer's queue.
+    pub fn ledger_wait(&self, waited: Duration) {
+        self.commit_wait.observe(waited.as_secs_f64());
     }
 }

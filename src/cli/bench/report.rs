@@ -402,6 +402,7 @@ impl Report {
             "events/xact (pg_stat_database)",
             "serve: commit ms",
             "serve: events/commit",
+            "serve: append wait ms",
             "serve: call in proxy ms",
         ]);
         for (s, row) in self.rows() {
@@ -429,10 +430,11 @@ impl Report {
                 xact,
                 stage(row, |t| format!("{:.3}", t.commit_ms)),
                 stage(row, |t| format!("{:.2}", t.commit_batch)),
+                stage(row, |t| format!("{:.3}", t.append_wait_ms)),
                 stage(row, |t| format!("{:.3}", t.call_in_proxy_ms)),
             ]);
         }
-        align_right(&mut table, 2..12);
+        align_right(&mut table, 2..13);
         table
     }
 

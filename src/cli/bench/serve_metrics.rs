@@ -1,5 +1,6 @@
 //! The stage timings `serve` measures itself, read from its `GET /metrics` (OpenMetrics text):
-//! how long the writer's commits took, how many events each carried, and how long a recorded
+//! how long the writer's commits took, how many events each carried, how long an append waited
+//! for its commit (the batch in flight ahead of it, then its own), and how long a recorded
 //! call took inside the proxy from reading the request to committing the result. Over the whole
 //! life of the process (warm-up and session events included), which is what the counters hold.
 
@@ -14,6 +15,9 @@ pub struct StageTimings {
     /// Mean events per committed batch.
     pub commit_batch: f64,
     pub commits: f64,
+    /// Mean time from an append reaching the writer to its commit, in milliseconds. A recorded
+    /// call waits for two appends (its call, then its result).
+    pub append_wait_ms: f64,
     /// Mean time from reading a recorded request to committing its result, in milliseconds:
     /// the call commit, the upstream's answer and the result commit.
     pub call_in_proxy_ms: f64,
@@ -53,6 +57,10 @@ fn parse(text: &str) -> StageTimings {
             sum("mcp_ledger_commit_batch_size_count"),
         ),
         commits,
+        append_wait_ms: mean(
+            sum("mcp_ledger_commit_wait_seconds_sum") * 1e3,
+            sum("mcp_ledger_commit_wait_seconds_count"),
+        ),
         call_in_proxy_ms: mean(
             sum("mcp_ledger_call_duration_seconds_sum") * 1e3,
             sum("mcp_ledger_call_duration_seconds_count"),
@@ -71,6 +79,8 @@ mod tests {
 mcp_ledger_commit_duration_seconds_sum 0.5
 mcp_ledger_commit_duration_seconds_count 250
 mcp_ledger_commit_duration_seconds_bucket{le=\"0.0001\"} 0
+mcp_ledger_commit_wait_seconds_sum 3.0
+mcp_ledger_commit_wait_seconds_count 600
 mcp_ledger_commit_batch_size_sum 1000
 mcp_ledger_commit_batch_size_count 250
 mcp_ledger_call_duration_seconds_sum{server=\"a\",outcome=\"ok\"} 1.0
@@ -83,6 +93,7 @@ mcp_ledger_call_duration_seconds_count{server=\"b\",outcome=\"ok\"} 700
         assert_eq!(t.commits, 250.0);
         assert_eq!(t.commit_ms, 2.0);
         assert_eq!(t.commit_batch, 4.0);
+        assert_eq!(t.append_wait_ms, 5.0);
         assert_eq!(t.call_in_proxy_ms, 3.0);
     }
 }
