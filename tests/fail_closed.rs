@@ -1,5 +1,7 @@
 //! Fail closed: when the ledger cannot be written, a call is answered with a clear JSON-RPC error
 //! and never reaches the upstream server. The demo server's call log shows what it received.
+//! And only then: a call whose append did commit, although the connection broke before the
+//! proxy heard so, goes ahead.
 
 mod common;
 
@@ -107,6 +109,79 @@ async fn sqlite_locked_too_long_refuses_the_call() {
 
     let (code, stdout, stderr) = common::run_cli(&["verify", "--ledger", &ledger.url_string()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// A stdio proxy whose Postgres connections go through a [`ChaosProxy`], after one call went
+/// through; the ledger is returned for checking afterwards.
+async fn proxied_through_chaos(ledger: &TestLedger, call_log: &Path) -> (ChaosProxy, LineClient) {
+    ledger.open().await.close().await;
+    let direct = ledger.url_string();
+    let (host_port, database) =
+        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
+    let chaos =
+        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
+    let through_chaos = format!("postgres://postgres@{}/{database}", chaos.addr);
+    let mut args = proxy_args(&through_chaos, "agent-1", Some(call_log));
+    args.splice(1..1, ["--lock-timeout-ms".to_owned(), "1000".to_owned()]);
+    let mut client = LineClient::spawn(BIN, &args);
+    client.initialize().await;
+    let ok = client.call_tool("lookup_customer", json!({"customer_id": "cus_1001"})).await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+    (chaos, client)
+}
+
+/// Every call the agent got an answer to has its `tool_call` and `tool_result`, once, and the
+/// chain verifies.
+async fn assert_recorded_once_each(ledger: &TestLedger, calls: usize) {
+    let store = ledger.open().await;
+    let rows = store.provenance(10).await.unwrap();
+    store.close().await;
+    assert_eq!(rows.len(), calls, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.action.as_deref(), Some("lookup_customer"), "{row:?}");
+        assert_eq!(row.outcome, "ok", "{row:?}");
+    }
+    let (code, stdout, stderr) = common::run_cli(&["verify", "--ledger", &ledger.url_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// The connection breaks after Postgres received the append of a call and before its answer
+/// came back: the call was recorded, so it must go ahead. (Failing it closed would leave the
+/// ledger saying the agent made a call that, as far as the agent knows, was refused, with no
+/// result ever recorded.) The proxy ends the broken connection's server session, which makes
+/// its outcome final, and finds the events there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_commit_answer_was_lost_goes_ahead() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let (chaos, mut client) = proxied_through_chaos(&ledger, &call_log).await;
+
+    chaos.lose_answer_to("cus_1004");
+    let reply = client.call_tool("lookup_customer", json!({"customer_id": "cus_1004"})).await;
+    assert!(chaos.has_sprung(), "the marker never reached the database");
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    assert_eq!(calls_received(&call_log).len(), 2, "the upstream ran the recorded call");
+    assert!(client.close().await.success());
+    assert_recorded_once_each(&ledger, 2).await;
+}
+
+/// The connection breaks before Postgres received the append: nothing was recorded, and once
+/// that is certain the append is tried again on a new connection, so the call goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_append_never_arrived_is_recorded_on_a_new_connection() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let call_log = dir.path().join("calls.jsonl");
+    let (chaos, mut client) = proxied_through_chaos(&ledger, &call_log).await;
+
+    chaos.drop_before("cus_1005");
+    let reply = client.call_tool("lookup_customer", json!({"customer_id": "cus_1005"})).await;
+    assert!(chaos.has_sprung(), "the marker was never sent");
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    assert_eq!(calls_received(&call_log).len(), 2);
+    assert!(client.close().await.success());
+    assert_recorded_once_each(&ledger, 2).await;
 }
 
 #[tokio::test]

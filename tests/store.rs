@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestLedger;
+use common::chaos::ChaosProxy;
 use futures::TryStreamExt;
 use mcp_ledger::record::verify::verify_all;
 use mcp_ledger::record::{Draft, EventType, GENESIS_PREV_HASH, Payload, canonical_value_bytes};
@@ -43,6 +44,7 @@ both_stores!(
     two_stores_on_one_ledger_keep_one_chain,
     spent_today_counts_what_ran_or_waits,
     payload_retention_erases_only_bodies_nothing_recent_references,
+    settling_an_append_finds_out_whether_it_committed,
 );
 
 fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
@@ -63,6 +65,24 @@ fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
 
 async fn all_events(store: &Arc<dyn Store>) -> Vec<mcp_ledger::record::Event> {
     store.events().try_collect().await.expect("read events")
+}
+
+/// `settle` is what the writer asks after an append failed in a way that leaves its outcome
+/// unknown (tests/fail_closed.rs breaks connections mid-append for it). Here, the answers
+/// themselves: a batch that committed comes back whole, as sealed; one that did not, or the
+/// same ids in another chain, is `None`.
+async fn settling_an_append_finds_out_whether_it_committed(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let committed = vec![
+        tool_call("c1", "lookup", json!({"id": 1})),
+        tool_call("c2", "refund", json!({"id": 2, "amount": 2.5})),
+    ];
+    let events = store.append(DEFAULT_CHAIN, &committed).await.unwrap();
+    assert_eq!(store.settle(DEFAULT_CHAIN, &committed).await.unwrap(), Some(events));
+    let never = vec![tool_call("c3", "lookup", json!({"id": 3}))];
+    assert_eq!(store.settle(DEFAULT_CHAIN, &never).await.unwrap(), None);
+    assert_eq!(store.settle("another-chain", &committed).await.unwrap(), None);
+    store.close().await;
 }
 
 async fn appends_are_sealed_in_order_and_read_back(ledger: TestLedger) {
@@ -385,6 +405,46 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
         let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
         assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
     }
+}
+
+/// The insert-only role can settle an append whose answer was lost: it may end its own server
+/// sessions, and the events the lost answer was about are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_role_settles_an_append_whose_answer_was_lost() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    ledger.open().await.close().await;
+    let role = "mcp_ledger_test_settler";
+    ledger
+        .exec_as_owner(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .await
+        .unwrap();
+    let direct = ledger.url_string();
+    let (host_port, database) =
+        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
+    let chaos =
+        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
+    let url = format!("postgres://{role}@{}/{database}", chaos.addr);
+    let options = mcp_ledger::store::StoreOptions::default();
+    let store =
+        mcp_ledger::store::open(&mcp_ledger::store::LedgerUrl::parse(&url).unwrap(), &options)
+            .await
+            .unwrap();
+    store.append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))]).await.unwrap();
+
+    chaos.lose_answer_to("marker-4f1e");
+    let lost = [tool_call("c2", "echo", json!({"note": "marker-4f1e"}))];
+    let error = store.append(DEFAULT_CHAIN, &lost).await.expect_err("the answer never came");
+    assert!(error.is_connection_lost(), "{error}");
+    let settled = store.settle(DEFAULT_CHAIN, &lost).await.unwrap().expect("it had committed");
+    assert_eq!(settled.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    // The store goes on, on a new connection, after the settled batch.
+    let next = store.append(DEFAULT_CHAIN, &[tool_call("c3", "echo", json!({}))]).await.unwrap();
+    assert_eq!(next[0].seq, 3);
+    assert!(verify_all(&all_events(&store).await).intact());
+    store.close().await;
 }
 
 /// Today's spending: allowed and held calls count, denied, expired and cancelled ones do not.

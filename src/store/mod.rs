@@ -47,6 +47,13 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+impl StoreError {
+    /// Whether the connection to the database broke (as opposed to the database refusing).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Io(_)))
+    }
+}
+
 /// Connection settings shared by both stores.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -88,6 +95,16 @@ pub trait Store: Send + Sync + 'static {
     /// Seals `drafts` in order after the chain's current head and commits them, with the payload
     /// bodies they reference, in one transaction. Returns the sealed events.
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError>;
+
+    /// Settles an append of `drafts` to `chain_id` whose outcome is unknown, because it failed
+    /// after it may have reached the database or was abandoned mid-way: waits until nothing it
+    /// sent can still commit, then returns its events if they are in the ledger, or `None` if
+    /// they are not and never will be. A batch commits whole, so it is all or none.
+    async fn settle(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Option<Vec<Event>>, StoreError>;
 
     /// Every event, ordered by `(chain_id, seq, event_id)`, streamed from the database.
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>>;
@@ -325,6 +342,27 @@ fn ensure_parent_dir(path: &Path) -> Result<(), StoreError> {
 fn start_of_today() -> String {
     let now = time::OffsetDateTime::now_utc();
     crate::record::format_timestamp(now.replace_time(time::Time::MIDNIGHT))
+}
+
+/// What a settled append left in the ledger: `found` are the events of the chain whose ids are
+/// the drafts', in seq order. Shared by both stores so they judge alike.
+fn settled(drafts: &[Draft], found: Vec<Event>) -> Result<Option<Vec<Event>>, StoreError> {
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let in_order = found.len() == drafts.len()
+        && found.iter().zip(drafts).all(|(event, draft)| event.event_id == draft.event_id);
+    if !in_order {
+        return Err(StoreError::Corrupt {
+            event_id: found[0].event_id.clone(),
+            reason: format!(
+                "a batch of {} events committed only {} of them, or out of order",
+                drafts.len(),
+                found.len()
+            ),
+        });
+    }
+    Ok(Some(found))
 }
 
 /// Seals `drafts` after the head `(seq, hash)`; shared by both stores so sealing is identical.

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 
-use super::held::HeldConnection;
+use super::held::{BackendId, HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
 };
@@ -74,6 +74,8 @@ pub struct PostgresStore {
     heads: Mutex<HashMap<String, (i64, String)>>,
     /// Until when the fast path is skipped, after another process won a race for the head.
     contended_until: Mutex<Option<Instant>>,
+    /// Bounds every wait of the append path, settling included.
+    lock_timeout: Duration,
 }
 
 /// How long the fast path stays off after a lost race.
@@ -110,6 +112,7 @@ impl PostgresStore {
             appender: HeldConnection::new(bounded, options.lock_timeout),
             heads: Mutex::default(),
             contended_until: Mutex::default(),
+            lock_timeout: options.lock_timeout,
         };
         if options.migrate && !store.is_current().await? {
             store.migrate().await.map_err(|e| match e {
@@ -168,6 +171,29 @@ impl PostgresStore {
         insert_rows(chain_id, &events, drafts, payloads).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(events)
+    }
+
+    /// Ends the server session `backend` (an append's, whose outcome is unknown) and waits
+    /// until it is gone: what it had not committed is rolled back, and nothing more can commit.
+    /// The same role may end its own sessions, so the insert-only writer role can too.
+    async fn end_session(&self, backend: &BackendId) -> Result<(), StoreError> {
+        // Within the statement timeout of the pool's connections, which bounds this query.
+        // (A wait of 0 would not wait for the exit at all.)
+        let wait = (self.lock_timeout / 2).max(Duration::from_millis(1));
+        let ended: Option<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid, $3) FROM pg_stat_activity \
+             WHERE pid = $1 AND backend_start::text = $2",
+        )
+        .bind(backend.pid)
+        .bind(&backend.started)
+        .bind(wait.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        match ended {
+            // Gone already, or ended within the wait.
+            None | Some(true) => Ok(()),
+            Some(false) => Err(StoreError::Timeout(wait)),
+        }
     }
 
     fn contended(&self) -> bool {
@@ -355,6 +381,32 @@ impl Store for PostgresStore {
         self.appender
             .append(&self.pool, async |conn| self.append_on(conn, chain_id, drafts).await)
             .await
+    }
+
+    async fn settle(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Option<Vec<Event>>, StoreError> {
+        for Unsettled { conn, backend } in self.appender.take_unsettled() {
+            // The server finishes a statement it received even with the client gone; only the
+            // end of its session makes the outcome final.
+            drop(conn);
+            if let Some(backend) = backend {
+                self.end_session(&backend).await?;
+            }
+        }
+        let ids: Vec<&str> = drafts.iter().map(|d| d.event_id.as_str()).collect();
+        let found =
+            sqlx::query(select_events!(" WHERE chain_id = $1 AND event_id = ANY($2) ORDER BY seq"))
+                .bind(chain_id)
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+        super::settled(drafts, found)
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {

@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
 
-use super::held::HeldConnection;
+use super::held::{HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
     ensure_parent_dir, seal_after,
@@ -223,6 +223,35 @@ impl Store for SqliteStore {
         self.appender
             .append(&self.pool, async |conn| append_on(conn, chain_id, drafts, lock_timeout).await)
             .await
+    }
+
+    async fn settle(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Option<Vec<Event>>, StoreError> {
+        for Unsettled { conn, .. } in self.appender.take_unsettled() {
+            // Closing waits for the connection's worker thread to run what was queued to it: a
+            // commit already sent, or the rollback of a transaction dropped before its commit.
+            let wait = 2 * self.lock_timeout;
+            if tokio::time::timeout(wait, conn.close()).await.is_err() {
+                return Err(StoreError::Timeout(wait));
+            }
+        }
+        let ids =
+            serde_json::to_string(&drafts.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>())
+                .expect("strings serialise");
+        let found = sqlx::query(select_events!(
+            " WHERE chain_id = ? AND event_id IN (SELECT value FROM json_each(?)) ORDER BY seq"
+        ))
+        .bind(chain_id)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        super::settled(drafts, found)
     }
 
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>> {

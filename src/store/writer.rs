@@ -94,9 +94,7 @@ async fn run(
             drafts.extend(job.drafts);
         }
         let started = Instant::now();
-        let outcome = tokio::time::timeout(commit_timeout, store.append(&chain_id, &drafts))
-            .await
-            .unwrap_or(Err(StoreError::Timeout(commit_timeout)));
+        let outcome = commit(&*store, &chain_id, &drafts, commit_timeout).await;
         let metrics = crate::telemetry::metrics();
         metrics.ledger_batch(started.elapsed(), drafts.len(), outcome.is_ok());
         match outcome {
@@ -118,4 +116,52 @@ async fn run(
             }
         }
     }
+}
+
+/// Appends one batch. A batch reported as failed did not commit: when an append fails in a way
+/// that leaves its outcome unknown, the store settles it first (`Store::settle`), and a batch
+/// that committed after all is a success. A batch that certainly did not commit because the
+/// connection was lost is tried once more on a new one.
+async fn commit(
+    store: &dyn Store,
+    chain_id: &str,
+    drafts: &[Draft],
+    commit_timeout: Duration,
+) -> Result<Vec<Event>, StoreError> {
+    let mut retried = false;
+    loop {
+        let error = match bounded(commit_timeout, store.append(chain_id, drafts)).await {
+            Ok(events) => return Ok(events),
+            Err(error) => error,
+        };
+        match bounded(commit_timeout, store.settle(chain_id, drafts)).await {
+            Ok(Some(events)) => {
+                tracing::warn!(%error, batch = drafts.len(), "a ledger append reported a failure but had committed; its events stand");
+                return Ok(events);
+            }
+            Ok(None) if !retried && error.is_connection_lost() => {
+                tracing::warn!(%error, "the ledger connection was lost before the batch committed; trying once more");
+                retried = true;
+            }
+            Ok(None) => return Err(error),
+            Err(settling) => {
+                tracing::error!(
+                    %error,
+                    %settling,
+                    first_event = %drafts[0].event_id,
+                    batch = drafts.len(),
+                    "cannot tell whether a failed ledger append committed; failing it closed (if it \
+                     did commit, the ledger holds events of calls that were refused)"
+                );
+                return Err(error);
+            }
+        }
+    }
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.unwrap_or(Err(StoreError::Timeout(limit)))
 }
