@@ -30,6 +30,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, anyhow::Error> {
 pub async fn start_checkpointer(
     store: Arc<dyn Store>,
     config: &LedgerConfig,
+    chain: &str,
 ) -> Result<Option<CheckpointerHandle>, CliError> {
     let Some(key_path) = &config.signing_key else {
         tracing::warn!("no [ledger] signing_key: no checkpoints are signed or anchored");
@@ -37,7 +38,7 @@ pub async fn start_checkpointer(
     };
     let key = read_signing_key(key_path).map_err(CliError::Usage)?;
     let anchor = config.anchor.as_ref().map(|p| Arc::new(FileAnchor::new(p)) as Arc<dyn Anchor>);
-    let checkpointer = Checkpointer::resume(store, DEFAULT_CHAIN, key, anchor)
+    let checkpointer = Checkpointer::resume(store, chain, key, anchor)
         .await
         .context("cannot resume checkpointing")
         .map_err(CliError::Failed)?;

@@ -15,7 +15,7 @@ use crate::proxy::http_server::{
     AgentTokens, Endpoint, HttpProxy, OriginPolicy, ServeSettings, serve_with,
 };
 use crate::store::writer::Ledger;
-use crate::store::{self, DEFAULT_CHAIN, StoreOptions};
+use crate::store::{self, StoreOptions};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -96,9 +96,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .await
         .with_context(|| format!("cannot open the ledger {url}"))
         .map_err(CliError::Failed)?;
-    let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
+    let chain = &config.ledger.chain;
+    let (ledger, writer) = Ledger::start(store.clone(), chain, 2 * lock_timeout);
     let checkpointer =
-        super::checkpoints::start_checkpointer(store.clone(), &config.ledger).await?;
+        super::checkpoints::start_checkpointer(store.clone(), &config.ledger, chain).await?;
 
     let patterns = scanner.iter().flat_map(|s| s.pattern_names().map(str::to_owned)).collect();
     let policy = configured::start_policy(args.policy.as_deref(), Some(&config), patterns)?;

@@ -36,6 +36,10 @@ pub struct StdioArgs {
     /// [default: 5000, or the file's lock_timeout_ms]
     #[arg(long, value_name = "MS")]
     lock_timeout_ms: Option<u64>,
+    /// The chain to append to [default: the file's [ledger] chain, else `default`]. Proxies on
+    /// different chains of one ledger do not wait for each other's appends
+    #[arg(long, value_name = "NAME", value_parser = parse_chain)]
+    chain: Option<String>,
     /// How long a recorded call may go unanswered before the agent gets an error (0: no limit)
     /// [default: 600, or the server's call_timeout_secs]
     #[arg(long, value_name = "SECS")]
@@ -63,8 +67,16 @@ struct Plan {
     recorded: RecordedMethods,
     ledger_url: store::LedgerUrl,
     lock_timeout_ms: u64,
+    chain: String,
     call_timeout_secs: u64,
     config: Option<crate::config::Config>,
+}
+
+fn parse_chain(name: &str) -> Result<String, String> {
+    match store::chain_id_problem(name) {
+        None => Ok(name.to_owned()),
+        Some(problem) => Err(problem.to_owned()),
+    }
 }
 
 fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
@@ -72,6 +84,10 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
     let lock_timeout_ms =
         args.lock_timeout_ms.or(config.as_ref().map(|c| c.ledger.lock_timeout_ms)).unwrap_or(5000);
     let ledger_url = configured::ledger_url(&args.ledger, config.as_ref())?;
+    let chain = args.chain.clone().unwrap_or_else(|| match &config {
+        Some(config) => config.ledger.chain.clone(),
+        None => DEFAULT_CHAIN.to_owned(),
+    });
     if !args.command.is_empty() {
         let server = args.server.clone().unwrap_or_else(|| server_name_from_command(&args.command));
         let upstream =
@@ -82,6 +98,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
             recorded: RecordedMethods::default(),
             ledger_url,
             lock_timeout_ms,
+            chain,
             call_timeout_secs: args.call_timeout_secs.unwrap_or(DEFAULT_CALL_TIMEOUT_SECS),
             config,
         });
@@ -107,6 +124,7 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
         recorded: configured::recorded_methods(server),
         ledger_url,
         lock_timeout_ms,
+        chain,
         call_timeout_secs: args.call_timeout_secs.unwrap_or(server.call_timeout_secs),
         config: Some(config.clone()),
     })
@@ -187,13 +205,14 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
     // So does an unreadable signing key.
     let checkpointer = match &plan.config {
         Some(config) => {
-            super::checkpoints::start_checkpointer(store.clone(), &config.ledger).await?
+            super::checkpoints::start_checkpointer(store.clone(), &config.ledger, &plan.chain)
+                .await?
         }
         None => None,
     };
     let pipe = upstream::connect(&plan.upstream).map_err(|e| CliError::Usage(e.into()))?;
 
-    let (ledger, writer) = Ledger::start(store.clone(), DEFAULT_CHAIN, 2 * lock_timeout);
+    let (ledger, writer) = Ledger::start(store.clone(), &plan.chain, 2 * lock_timeout);
     let identity = SessionIdentity {
         session_id: uuid::Uuid::now_v7().to_string(),
         agent: args.agent.clone(),
@@ -201,7 +220,7 @@ pub async fn run(args: StdioArgs) -> Result<u8, CliError> {
         transport: "stdio",
         upstream: plan.upstream.describe(),
     };
-    tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, session_id = %identity.session_id, "recording session");
+    tracing::info!(agent = %args.agent, server = %plan.server, ledger = %url, chain = %plan.chain, session_id = %identity.session_id, "recording session");
     // Operators reach held calls through a `serve` on this ledger, if there is one.
     let webhook = match &plan.config {
         Some(config) => {

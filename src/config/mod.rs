@@ -53,6 +53,9 @@ pub struct LedgerConfig {
     pub signing_key: Option<PathBuf>,
     /// How long a ledger write may wait for a lock or connection before the call fails closed.
     pub lock_timeout_ms: u64,
+    /// The chain this process appends to and checkpoints (default `default`). Proxies on
+    /// different chains do not wait for each other's appends.
+    pub chain: String,
     /// Sign a checkpoint after this many new events (default 1000)...
     pub checkpoint_every_events: u64,
     /// ...or after this many seconds with new events (default 60), and at shutdown.
@@ -238,6 +241,7 @@ impl Default for LedgerConfig {
             url: None,
             signing_key: None,
             lock_timeout_ms: 5000,
+            chain: crate::store::DEFAULT_CHAIN.to_owned(),
             checkpoint_every_events: 1000,
             checkpoint_every_secs: 60,
             anchor: None,
@@ -466,6 +470,7 @@ impl fmt::Debug for LedgerConfig {
             .field("url", &self.url.as_deref().map(secrets::redact_url_password))
             .field("signing_key", &self.signing_key)
             .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .field("chain", &self.chain)
             .field("checkpoint_every_events", &self.checkpoint_every_events)
             .field("checkpoint_every_secs", &self.checkpoint_every_secs)
             .field("anchor", &self.anchor)

@@ -45,6 +45,7 @@ struct RawLedger {
     url: Option<Spanned<String>>,
     signing_key: Option<PathBuf>,
     lock_timeout_ms: Option<u64>,
+    chain: Option<Spanned<String>>,
     checkpoint_every_events: Option<Spanned<u64>>,
     checkpoint_every_secs: Option<Spanned<u64>>,
     anchor: Option<PathBuf>,
@@ -217,11 +218,17 @@ fn ledger(source: &Source, raw: RawLedger) -> Result<LedgerConfig, ConfigError> 
     if let Some(url) = &raw.url {
         source.check_template(url, &Place::LedgerUrl)?;
     }
+    if let Some(chain) = &raw.chain
+        && let Some(problem) = crate::store::chain_id_problem(chain.get_ref())
+    {
+        return Err(source.error(chain.span(), format!("ledger.chain: {problem}")));
+    }
     let defaults = LedgerConfig::default();
     Ok(LedgerConfig {
         url: raw.url.map(Spanned::into_inner),
         signing_key: raw.signing_key,
         lock_timeout_ms: raw.lock_timeout_ms.unwrap_or(defaults.lock_timeout_ms),
+        chain: raw.chain.map_or(defaults.chain, Spanned::into_inner),
         checkpoint_every_events: at_least_one(
             source,
             raw.checkpoint_every_events,

@@ -62,6 +62,7 @@ fn the_design_example_parses_into_the_documented_shape() {
     assert_eq!(config.ledger.url.as_deref(), Some("postgres://ledger_writer@db.internal/ledger"));
     assert_eq!(config.ledger.signing_key, Some(PathBuf::from("/etc/mcp-ledger/ledger.key")));
     assert_eq!(config.ledger.lock_timeout_ms, 5000);
+    assert_eq!(config.ledger.chain, "default");
     assert_eq!(config.listen.addr, "127.0.0.1:8931".parse().unwrap());
     assert_eq!(
         config.servers,
@@ -144,6 +145,7 @@ fn optional_keys_are_read() {
         r#"
 [ledger]
 lock_timeout_ms = 250
+chain = "team-a.prod"
 [listen]
 addr = "0.0.0.0:9000"
 allowed_origins = ["https://console.example"]
@@ -163,6 +165,7 @@ default = "hold"
     )
     .unwrap();
     assert_eq!(config.ledger.lock_timeout_ms, 250);
+    assert_eq!(config.ledger.chain, "team-a.prod");
     assert_eq!(
         config.listen,
         ListenConfig {
@@ -187,7 +190,7 @@ default = "hold"
 fn unknown_keys_are_named_with_their_line() {
     assert_eq!(
         error("[ledger]\nurl = \"sqlite://x.db\"\nsigning_keys = \"k\"\n"),
-        "mcp-ledger.toml:3:1: unknown field `signing_keys`, expected one of `url`, `signing_key`, `lock_timeout_ms`, `checkpoint_every_events`, `checkpoint_every_secs`, `anchor`"
+        "mcp-ledger.toml:3:1: unknown field `signing_keys`, expected one of `url`, `signing_key`, `lock_timeout_ms`, `chain`, `checkpoint_every_events`, `checkpoint_every_secs`, `anchor`"
     );
     assert_eq!(
         error("[[servers]]\nname = \"a\"\ncommand = [\"x\"]\n  enviroment = {}\n"),
@@ -398,6 +401,14 @@ fn malformed_variable_references_are_placed() {
             "[[servers]]\nname = \"crm\"\nurl = \"https://crm\"\nheaders = { Authorization = \"Bearer ${CRM_TOKEN\" }\n"
         ),
         "mcp-ledger.toml:4:29: header Authorization of server crm has an unterminated `${`; write `$${` for a literal `${`"
+    );
+    assert_eq!(
+        error("[ledger]\nchain = \"team/a\"\n"),
+        "mcp-ledger.toml:2:9: ledger.chain: a chain name may hold only ASCII letters, digits, `.`, `_` and `-`"
+    );
+    assert_eq!(
+        error("[ledger]\nchain = \"\"\n"),
+        "mcp-ledger.toml:2:9: ledger.chain: a chain name has 1 to 64 characters"
     );
     assert_eq!(
         error("[ledger]\nurl = \"postgres://u:${not a name}@db/l\"\n"),

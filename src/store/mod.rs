@@ -21,8 +21,24 @@ use crate::record::{CanonicalError, Draft, Event};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// The chain every event goes to until chains are split per server or tenant.
+/// The chain events go to unless a proxy is given one of its own (`[ledger] chain`).
 pub const DEFAULT_CHAIN: &str = "default";
+
+/// Why `name` cannot name a chain, if it cannot: 1-64 ASCII letters, digits, `.`, `_` or `-`,
+/// starting with a letter or digit. Checkpoints carry the name in their origin line
+/// (`…/chains/NAME`), so it must not hold a `/` or a space.
+pub fn chain_id_problem(name: &str) -> Option<&'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 {
+        Some("a chain name has 1 to 64 characters")
+    } else if !name.chars().all(allowed) {
+        Some("a chain name may hold only ASCII letters, digits, `.`, `_` and `-`")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Some("a chain name starts with a letter or a digit")
+    } else {
+        None
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
