@@ -76,6 +76,10 @@ pub struct Context {
     /// The in-process upstream's MCP endpoint.
     pub upstream_url: String,
     pub http: reqwest::Client,
+    /// Which chains the stdio proxies append to.
+    pub stdio_chains: super::StdioChains,
+    /// Every chain the proxies of the run may append to.
+    pub chains: Vec<String>,
 }
 
 /// The Postgres ledger and the reader of its server-side counters.
@@ -204,8 +208,9 @@ impl Fleet {
             Transport::Stdio => {
                 let exe = &ctx.exe;
                 let ledger = ledger.as_ref();
+                let chains = ctx.stdio_chains;
                 fleet.stdio = futures::stream::iter(0..sessions)
-                    .map(|_| StdioSession::start(exe, ledger))
+                    .map(|i| StdioSession::start(exe, ledger, chains.of_session(i)))
                     .buffer_unordered(START_PARALLELISM)
                     .try_collect()
                     .await

@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// `mcp-ledger stdio` process [default: 1,8; --quick: 1,2]
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     stdio_sessions: Option<Vec<NonZeroUsize>>,
+    /// Which chains the stdio proxies append to: `shared` (all to `default`, one total order, as
+    /// `stdio` does unless told otherwise) or `own` (each to a chain of its own, `--chain
+    /// bench-stdio-N`) [default: shared]
+    #[arg(long, value_name = "CHAINS", default_value = "shared")]
+    stdio_chains: StdioChains,
     /// Concurrent sessions of the HTTP scenarios, one scenario each, all through one
     /// `mcp-ledger serve` [default: 1,4,16,64; --quick: 1,4]
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
@@ -88,6 +93,36 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Which chains the stdio proxies of a run append to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdioChains {
+    /// All to the default chain.
+    Shared,
+    /// Each proxy to a chain of its own.
+    Own,
+}
+
+impl StdioChains {
+    /// How the report says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StdioChains::Shared => "the stdio proxies of a mode append to one chain (`default`)",
+            StdioChains::Own => {
+                "each stdio proxy appends to a chain of its own (`--chain bench-stdio-N`)"
+            }
+        }
+    }
+
+    /// The chain the `index`th stdio session of a scenario appends to, when not the default.
+    pub fn of_session(self, index: usize) -> Option<String> {
+        match self {
+            StdioChains::Shared => None,
+            StdioChains::Own => Some(format!("bench-stdio-{index}")),
+        }
+    }
+}
+
 /// A part of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -105,6 +140,7 @@ enum Part {
 struct Settings {
     plan: Plan,
     stdio_sessions: Vec<usize>,
+    stdio_chains: StdioChains,
     http_sessions: Vec<usize>,
     idle_sessions: Option<usize>,
     ledger_sizes: Vec<u64>,
@@ -146,6 +182,7 @@ impl Settings {
                 round: pick(args.round.map(NonZeroUsize::get), 500, 10),
             },
             stdio_sessions: levels(&args.stdio_sessions, Part::Stdio, &[1, 8], &[1, 2]),
+            stdio_chains: args.stdio_chains,
             http_sessions: levels(&args.http_sessions, Part::Http, &[1, 4, 16, 64], &[1, 4]),
             idle_sessions: (!args.skip.contains(&Part::Idle))
                 .then(|| pick(args.idle_sessions.map(NonZeroUsize::get), 1000, 10)),
@@ -287,12 +324,17 @@ async fn bench(
     if let Some(pg) = &postgres {
         migrate(&pg.url).await?;
     }
+    let most_stdio_sessions = settings.stdio_sessions.iter().copied().max().unwrap_or(0);
     let ctx = Context {
         exe: exe.clone(),
         sqlite: sqlite.clone(),
         postgres,
         upstream_url,
         http: http_client::client()?,
+        stdio_chains: settings.stdio_chains,
+        chains: std::iter::once(store::DEFAULT_CHAIN.to_owned())
+            .chain((0..most_stdio_sessions).filter_map(|i| settings.stdio_chains.of_session(i)))
+            .collect(),
     };
 
     let mut scenarios = Vec::new();
@@ -356,6 +398,7 @@ async fn bench(
                    per session; over http rmcp's Streamable HTTP server in the bench process"
             .to_owned(),
         serve_threads: serve_threads(cpus),
+        stdio_chains: settings.stdio_chains,
         sqlite_ledger: sqlite.to_string(),
         postgres_ledger: run_db.map(|db| format!("{} ({})", redact_password(&db.url), db.server)),
         postgres_skipped,

@@ -35,6 +35,7 @@ pub struct Report {
     pub upstream: String,
     /// The threads `serve` ran on, and where that number came from.
     pub serve_threads: String,
+    pub stdio_chains: super::StdioChains,
     pub sqlite_ledger: String,
     pub postgres_ledger: Option<String>,
     /// Why Postgres was not measured, when it was not.
@@ -240,6 +241,7 @@ impl Report {
         );
         println!("  upstream  {}", self.upstream);
         println!("  serve     {}", self.serve_threads);
+        println!("  stdio     {}", self.stdio_chains.describe());
         println!("  sqlite    {}", self.sqlite_ledger);
         match (&self.postgres_ledger, &self.postgres_skipped) {
             (Some(ledger), _) => println!("  postgres  {ledger}"),

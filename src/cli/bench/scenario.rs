@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::fleet::{Context, Fleet, FleetOutcome, Mode, Transport};
 use super::stats::Added;
-use crate::store::{self, DEFAULT_CHAIN, LedgerUrl, StoreOptions};
+use crate::store::{self, LedgerUrl, StoreOptions};
 
 /// How long the proxies' Postgres backends may take to go away after the proxies exit.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,23 +146,29 @@ async fn postgres_counters(ctx: &Context, moment: Moment) -> anyhow::Result<Opti
     };
     Ok(Some(match moment {
         Moment::Before => {
-            let events = chain_size(&pg.url).await?;
+            let events = ledger_size(&pg.url, &ctx.chains).await?;
             (events, transactions.await?)
         }
         Moment::After => {
             let transactions = transactions.await?;
-            (chain_size(&pg.url).await?, transactions)
+            (ledger_size(&pg.url, &ctx.chains).await?, transactions)
         }
     }))
 }
 
-/// How many events the default chain of `url` holds.
-pub async fn chain_size(url: &LedgerUrl) -> anyhow::Result<i64> {
+/// How many events `chains` of `url` hold together.
+pub async fn ledger_size(url: &LedgerUrl, chains: &[String]) -> anyhow::Result<i64> {
     let options = StoreOptions { migrate: false, ..StoreOptions::default() };
     let store = store::open(url, &options)
         .await
         .with_context(|| format!("cannot open the ledger {url}"))?;
-    let size = store.chain_size(DEFAULT_CHAIN).await;
+    let mut size = Ok(0);
+    for chain in chains {
+        size = match (size, store.chain_size(chain).await) {
+            (Ok(total), Ok(events)) => Ok(total + events),
+            (Err(error), _) | (_, Err(error)) => Err(error),
+        };
+    }
     store.close().await;
     size.with_context(|| format!("cannot read the size of the ledger {url}"))
 }

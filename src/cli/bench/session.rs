@@ -78,15 +78,19 @@ pub struct StdioSession {
 
 impl StdioSession {
     /// Starts `exe demo-server`, behind `exe stdio --ledger <ledger>` when there is a ledger.
-    pub async fn start(exe: &Path, ledger: Option<&LedgerUrl>) -> anyhow::Result<StdioSession> {
+    /// With `chain`, the proxy appends to that chain instead of the default one.
+    pub async fn start(
+        exe: &Path,
+        ledger: Option<&LedgerUrl>,
+        chain: Option<String>,
+    ) -> anyhow::Result<StdioSession> {
         let mut command = tokio::process::Command::new(exe);
         if let Some(url) = ledger {
-            command
-                .arg("stdio")
-                .arg("--ledger")
-                .arg(ledger_arg(url))
-                .args(["--agent", "bench", "--server", SERVER_NAME, "--"])
-                .arg(exe);
+            command.arg("stdio").arg("--ledger").arg(ledger_arg(url));
+            if let Some(chain) = chain {
+                command.arg("--chain").arg(chain);
+            }
+            command.args(["--agent", "bench", "--server", SERVER_NAME, "--"]).arg(exe);
         }
         // Inherited by the proxy's upstream too: only warnings reach stderr, none reach stdout.
         command.arg("demo-server").env("MCP_LEDGER_LOG", "warn");
