@@ -44,7 +44,7 @@ both_stores!(
     two_stores_on_one_ledger_keep_one_chain,
     spent_today_counts_what_ran_or_waits,
     payload_retention_erases_only_bodies_nothing_recent_references,
-    settling_an_append_finds_out_whether_it_committed,
+    settling_an_append_that_never_had_a_connection_is_none_at_once,
 );
 
 fn tool_call(call_id: &str, tool: &str, arguments: serde_json::Value) -> Draft {
@@ -67,21 +67,16 @@ async fn all_events(store: &Arc<dyn Store>) -> Vec<mcp_ledger::record::Event> {
     store.events().try_collect().await.expect("read events")
 }
 
-/// `settle` is what the writer asks after an append failed in a way that leaves its outcome
-/// unknown (tests/fail_closed.rs breaks connections mid-append for it). Here, the answers
-/// themselves: a batch that committed comes back whole, as sealed; one that did not, or the
-/// same ids in another chain, is `None`.
-async fn settling_an_append_finds_out_whether_it_committed(ledger: TestLedger) {
+/// `settle` is what the writer asks after an append failed in a way that may leave its outcome
+/// unknown (tests/fail_closed.rs breaks connections mid-append for it; the tests further down
+/// settle failed appends on each store). An append that failed before it had a connection sent
+/// nothing, so it is settled as not committed without asking the database: even these drafts,
+/// committed through the same store, do not count, since no failed append of them is pending.
+async fn settling_an_append_that_never_had_a_connection_is_none_at_once(ledger: TestLedger) {
     let store = ledger.open().await;
-    let committed = vec![
-        tool_call("c1", "lookup", json!({"id": 1})),
-        tool_call("c2", "refund", json!({"id": 2, "amount": 2.5})),
-    ];
-    let events = store.append(DEFAULT_CHAIN, &committed).await.unwrap();
-    assert_eq!(store.settle(DEFAULT_CHAIN, &committed).await.unwrap(), Some(events));
-    let never = vec![tool_call("c3", "lookup", json!({"id": 3}))];
-    assert_eq!(store.settle(DEFAULT_CHAIN, &never).await.unwrap(), None);
-    assert_eq!(store.settle("another-chain", &committed).await.unwrap(), None);
+    let committed = vec![tool_call("c1", "lookup", json!({"id": 1}))];
+    store.append(DEFAULT_CHAIN, &committed).await.unwrap();
+    assert_eq!(store.settle(DEFAULT_CHAIN, &committed).await.unwrap(), None);
     store.close().await;
 }
 
@@ -362,6 +357,42 @@ async fn sqlite_appends_wait_for_another_process_write_lock_up_to_the_timeout() 
     store.close().await;
 }
 
+/// An SQLite append that gave up (the write lock was held past the timeout) is settled by
+/// closing its connection, which waits for whatever was queued to it, then looking its events
+/// up: not there, `None`; there (here committed by another process after all, as an abandoned
+/// commit's worker thread could have), the events as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_settles_an_append_it_gave_up_on() {
+    let ledger = TestLedger::sqlite();
+    let options = mcp_ledger::store::StoreOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let store = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    let elsewhere = ledger.open().await;
+    let mut other = raw_sqlite(&ledger).await;
+
+    let never = [tool_call("c1", "echo", json!({}))];
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    store.append(DEFAULT_CHAIN, &never).await.expect_err("the lock was held");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    assert_eq!(store.settle(DEFAULT_CHAIN, &never).await.unwrap(), None);
+
+    let landed = [tool_call("c2", "echo", json!({})), tool_call("c3", "echo", json!({}))];
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    store.append(DEFAULT_CHAIN, &landed).await.expect_err("the lock was held");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    let events = elsewhere.append(DEFAULT_CHAIN, &landed).await.unwrap();
+    assert_eq!(store.settle(DEFAULT_CHAIN, &landed).await.unwrap(), Some(events));
+    // The same ids in another chain are not these events.
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    store.append("another-chain", &landed).await.expect_err("the lock was held");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    assert_eq!(store.settle("another-chain", &landed).await.unwrap(), None);
+    elsewhere.close().await;
+    store.close().await;
+}
+
 /// In Postgres the proxy can run as a role that may only insert and read.
 #[tokio::test]
 async fn postgres_writer_role_can_append_but_not_change_history() {
@@ -407,8 +438,8 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
     }
 }
 
-/// The insert-only role can settle an append whose answer was lost: it may end its own server
-/// sessions, and the events the lost answer was about are found.
+/// The insert-only role can settle appends whose connection broke (it may end its own server
+/// sessions): the events of one whose answer was lost are found; one that never arrived is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_writer_role_settles_an_append_whose_answer_was_lost() {
     let Some(ledger) = TestLedger::postgres().await else { return };
@@ -440,8 +471,14 @@ async fn postgres_writer_role_settles_an_append_whose_answer_was_lost() {
     assert!(error.is_connection_lost(), "{error}");
     let settled = store.settle(DEFAULT_CHAIN, &lost).await.unwrap().expect("it had committed");
     assert_eq!(settled.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    // Broken before the server got it: not committed, and it never will be.
+    chaos.drop_before("marker-9c2a");
+    let dropped = [tool_call("c3", "echo", json!({"note": "marker-9c2a"}))];
+    let error = store.append(DEFAULT_CHAIN, &dropped).await.expect_err("never arrived");
+    assert!(error.is_connection_lost(), "{error}");
+    assert_eq!(store.settle(DEFAULT_CHAIN, &dropped).await.unwrap(), None);
     // The store goes on, on a new connection, after the settled batch.
-    let next = store.append(DEFAULT_CHAIN, &[tool_call("c3", "echo", json!({}))]).await.unwrap();
+    let next = store.append(DEFAULT_CHAIN, &[tool_call("c4", "echo", json!({}))]).await.unwrap();
     assert_eq!(next[0].seq, 3);
     assert!(verify_all(&all_events(&store).await).intact());
     store.close().await;

@@ -115,7 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// Settles an append of `drafts` to `chain_id` whose outcome is unknown, because it failed
     /// after it may have reached the database or was abandoned mid-way: waits until nothing it
     /// sent can still commit, then returns its events if they are in the ledger, or `None` if
-    /// they are not and never will be. A batch commits whole, so it is all or none.
+    /// they are not and never will be. A batch commits whole, so it is all or none. An append
+    /// that failed before it had a connection sent nothing: `None` at once, without a query (so
+    /// that a database that is down fails calls closed at once, not after a timeout).
     async fn settle(
         &self,
         chain_id: &str,

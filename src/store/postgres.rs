@@ -388,7 +388,12 @@ impl Store for PostgresStore {
         chain_id: &str,
         drafts: &[Draft],
     ) -> Result<Option<Vec<Event>>, StoreError> {
-        for Unsettled { conn, backend } in self.appender.take_unsettled() {
+        let unsettled = self.appender.take_unsettled();
+        if unsettled.is_empty() {
+            // The append never got a connection, so it sent nothing.
+            return Ok(None);
+        }
+        for Unsettled { conn, backend } in unsettled {
             // The server finishes a statement it received even with the client gone; only the
             // end of its session makes the outcome final.
             drop(conn);
