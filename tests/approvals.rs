@@ -457,17 +457,7 @@ async fn postgres_writer_role_runs_the_whole_queue() {
         return;
     };
     ledger.open().await.close().await; // migrates as the owner, creating the roles
-    let role = "mcp_ledger_test_app";
-    ledger
-        .exec_as_owner(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
-        ))
-        .await
-        .unwrap();
-    let url =
-        ledger.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
-    assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
+    let url = ledger.writer_role_url("mcp_ledger_test_app").await;
     let store = mcp_ledger::store::open(
         &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
         &mcp_ledger::store::StoreOptions::default(),

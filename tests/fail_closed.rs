@@ -35,12 +35,7 @@ async fn postgres_gone_mid_session_refuses_the_call() {
         return;
     };
     ledger.open().await.close().await;
-    let direct = ledger.url_string();
-    let (host_port, database) =
-        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
-    let chaos =
-        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
-    let through_chaos = format!("postgres://postgres@{}/{database}", chaos.addr);
+    let (chaos, through_chaos) = ChaosProxy::in_front_of(&ledger.url_string()).await;
 
     let dir = tempfile::tempdir().unwrap();
     let call_log = dir.path().join("calls.jsonl");
@@ -115,12 +110,7 @@ async fn sqlite_locked_too_long_refuses_the_call() {
 /// through; the ledger is returned for checking afterwards.
 async fn proxied_through_chaos(ledger: &TestLedger, call_log: &Path) -> (ChaosProxy, LineClient) {
     ledger.open().await.close().await;
-    let direct = ledger.url_string();
-    let (host_port, database) =
-        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
-    let chaos =
-        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
-    let through_chaos = format!("postgres://postgres@{}/{database}", chaos.addr);
+    let (chaos, through_chaos) = ChaosProxy::in_front_of(&ledger.url_string()).await;
     let mut args = proxy_args(&through_chaos, "agent-1", Some(call_log));
     args.splice(1..1, ["--lock-timeout-ms".to_owned(), "1000".to_owned()]);
     let mut client = LineClient::spawn(BIN, &args);
@@ -152,34 +142,29 @@ async fn assert_recorded_once_each(ledger: &TestLedger, calls: usize) {
 /// its outcome final, and finds the events there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_commit_answer_was_lost_goes_ahead() {
-    let Some(ledger) = TestLedger::postgres().await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let call_log = dir.path().join("calls.jsonl");
-    let (chaos, mut client) = proxied_through_chaos(&ledger, &call_log).await;
-
-    chaos.lose_answer_to("cus_1004");
-    let reply = client.call_tool("lookup_customer", json!({"customer_id": "cus_1004"})).await;
-    assert!(chaos.has_sprung(), "the marker never reached the database");
-    assert_eq!(reply["result"]["isError"], false, "{reply}");
-    assert_eq!(calls_received(&call_log).len(), 2, "the upstream ran the recorded call");
-    assert!(client.close().await.success());
-    assert_recorded_once_each(&ledger, 2).await;
+    a_call_goes_ahead_despite(ChaosProxy::lose_answer_to).await;
 }
 
 /// The connection breaks before Postgres received the append: nothing was recorded, and once
 /// that is certain the append is tried again on a new connection, so the call goes ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_append_never_arrived_is_recorded_on_a_new_connection() {
+    a_call_goes_ahead_despite(ChaosProxy::drop_before).await;
+}
+
+/// A call whose append `break_connection` breaks (armed with a marker in its arguments) still
+/// reaches the upstream and the agent, recorded once with its result.
+async fn a_call_goes_ahead_despite(break_connection: impl FnOnce(&ChaosProxy, &str)) {
     let Some(ledger) = TestLedger::postgres().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let call_log = dir.path().join("calls.jsonl");
     let (chaos, mut client) = proxied_through_chaos(&ledger, &call_log).await;
 
-    chaos.drop_before("cus_1005");
-    let reply = client.call_tool("lookup_customer", json!({"customer_id": "cus_1005"})).await;
+    break_connection(&chaos, "cus_1004");
+    let reply = client.call_tool("lookup_customer", json!({"customer_id": "cus_1004"})).await;
     assert!(chaos.has_sprung(), "the marker was never sent");
     assert_eq!(reply["result"]["isError"], false, "{reply}");
-    assert_eq!(calls_received(&call_log).len(), 2);
+    assert_eq!(calls_received(&call_log).len(), 2, "the upstream ran the recorded call");
     assert!(client.close().await.success());
     assert_recorded_once_each(&ledger, 2).await;
 }

@@ -238,17 +238,7 @@ async fn postgres_writer_role_still_cannot_delete_or_record_a_cut() {
     let store = ledger.open().await;
     append(&store, 3, 0).await;
     store.close().await;
-    let role = "mcp_ledger_test_app";
-    ledger
-        .exec_as_owner(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
-        ))
-        .await
-        .unwrap();
-    let url =
-        ledger.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
-    assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
+    let url = ledger.writer_role_url("mcp_ledger_test_app").await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
     for statement in [
         "BEGIN; SET LOCAL mcp_ledger.retention = 'on'; \

@@ -401,17 +401,7 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
     };
     let store = ledger.open().await; // migrates as the owner, creating the roles
     store.close().await;
-    let role = "mcp_ledger_test_app";
-    ledger
-        .exec_as_owner(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
-        ))
-        .await
-        .unwrap();
-    let url =
-        ledger.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
-    assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
+    let url = ledger.writer_role_url("mcp_ledger_test_app").await;
     let as_writer = mcp_ledger::store::open(
         &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
         &mcp_ledger::store::StoreOptions::default(),
@@ -444,20 +434,8 @@ async fn postgres_writer_role_can_append_but_not_change_history() {
 async fn postgres_writer_role_settles_an_append_whose_answer_was_lost() {
     let Some(ledger) = TestLedger::postgres().await else { return };
     ledger.open().await.close().await;
-    let role = "mcp_ledger_test_settler";
-    ledger
-        .exec_as_owner(&format!(
-            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
-        ))
-        .await
-        .unwrap();
-    let direct = ledger.url_string();
-    let (host_port, database) =
-        direct.trim_start_matches("postgres://postgres@").split_once('/').unwrap();
-    let chaos =
-        ChaosProxy::start(tokio::net::lookup_host(host_port).await.unwrap().next().unwrap()).await;
-    let url = format!("postgres://{role}@{}/{database}", chaos.addr);
+    let as_writer = ledger.writer_role_url("mcp_ledger_test_settler").await;
+    let (chaos, url) = ChaosProxy::in_front_of(&as_writer).await;
     let options = mcp_ledger::store::StoreOptions::default();
     let store =
         mcp_ledger::store::open(&mcp_ledger::store::LedgerUrl::parse(&url).unwrap(), &options)

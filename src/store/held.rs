@@ -177,17 +177,19 @@ impl<C: AppendConnection> HeldConnection<C> {
         Ok(held)
     }
 
-    /// The connections of appends whose outcome is unknown, oldest first; the caller settles
-    /// them.
-    pub(super) fn take_unsettled(&self) -> Vec<Unsettled<C>> {
-        std::mem::take(&mut *self.unsettled.lock().expect("lock"))
+    /// The connections of appends whose outcome is unknown, oldest first, for the caller to
+    /// settle; `None` when there are none: an append that failed without one never had a
+    /// connection, so it sent nothing.
+    pub(super) fn take_unsettled(&self) -> Option<Vec<Unsettled<C>>> {
+        let unsettled = std::mem::take(&mut *self.unsettled.lock().expect("lock"));
+        (!unsettled.is_empty()).then_some(unsettled)
     }
 
     pub(super) async fn close(&self) {
         if let Some(held) = self.open.lock().await.take() {
             let _ = held.conn.close().await;
         }
-        for unsettled in self.take_unsettled() {
+        for unsettled in self.take_unsettled().unwrap_or_default() {
             let _ = unsettled.conn.close().await;
         }
     }

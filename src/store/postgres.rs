@@ -388,11 +388,7 @@ impl Store for PostgresStore {
         chain_id: &str,
         drafts: &[Draft],
     ) -> Result<Option<Vec<Event>>, StoreError> {
-        let unsettled = self.appender.take_unsettled();
-        if unsettled.is_empty() {
-            // The append never got a connection, so it sent nothing.
-            return Ok(None);
-        }
+        let Some(unsettled) = self.appender.take_unsettled() else { return Ok(None) };
         for Unsettled { conn, backend } in unsettled {
             // The server finishes a statement it received even with the client gone; only the
             // end of its session makes the outcome final.

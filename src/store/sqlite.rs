@@ -230,11 +230,7 @@ impl Store for SqliteStore {
         chain_id: &str,
         drafts: &[Draft],
     ) -> Result<Option<Vec<Event>>, StoreError> {
-        let unsettled = self.appender.take_unsettled();
-        if unsettled.is_empty() {
-            // The append never got a connection, so it sent nothing.
-            return Ok(None);
-        }
+        let Some(unsettled) = self.appender.take_unsettled() else { return Ok(None) };
         for Unsettled { conn, .. } in unsettled {
             // Closing waits for the connection's worker thread to run what was queued to it: a
             // commit already sent, or the rollback of a transaction dropped before its commit.

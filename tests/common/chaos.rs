@@ -80,6 +80,17 @@ impl ChaosProxy {
         ChaosProxy { addr, cut, cut_signal, open, trap, sprung }
     }
 
+    /// A chaos proxy in front of the server of `postgres_url` (`postgres://USER@HOST:PORT/DB`),
+    /// and that URL with the proxy's address in place of the server's.
+    pub async fn in_front_of(postgres_url: &str) -> (ChaosProxy, String) {
+        let (scheme_user, rest) = postgres_url.split_once('@').expect("a user in the url");
+        let (host_port, database) = rest.split_once('/').expect("a database in the url");
+        let server = tokio::net::lookup_host(host_port).await.unwrap().next().unwrap();
+        let chaos = ChaosProxy::start(server).await;
+        let url = format!("{scheme_user}@{}/{database}", chaos.addr);
+        (chaos, url)
+    }
+
     /// Breaks the next connection that sends `marker`: the server never gets those bytes, and
     /// the client sees its connection close.
     pub fn drop_before(&self, marker: &str) {

@@ -114,6 +114,22 @@ impl TestLedger {
         Ok(())
     }
 
+    /// The Postgres ledger's URL for `role`, a login role in `mcp_ledger_writer` (created if it
+    /// is not there yet; the ledger must be migrated). The roles are per server, not per
+    /// database, so tests that share a name share the role.
+    pub async fn writer_role_url(&self, role: &str) -> String {
+        self.exec_as_owner(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN IN ROLE mcp_ledger_writer; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .await
+        .expect("create the writer role");
+        let url =
+            self.url_string().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+        assert!(url.contains(role), "the test expects the admin user to be `postgres`: {url}");
+        url
+    }
+
     /// Every byte the database holds: the SQLite file with its journal files, or a `pg_dump`
     /// of the Postgres database. What a search of "the whole database" searches.
     pub fn stored_bytes(&self) -> Vec<u8> {
