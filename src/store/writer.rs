@@ -121,25 +121,29 @@ async fn run(
 /// Appends one batch. A batch reported as failed did not commit: when an append fails in a way
 /// that leaves its outcome unknown, the store settles it first (`Store::settle`), and a batch
 /// that committed after all is a success. A batch that certainly did not commit because the
-/// connection was lost is tried once more on a new one.
+/// connection was lost is tried once more on a new one. Each step takes at most
+/// `commit_timeout`, and all of them together twice that, so a call still fails closed in
+/// bounded time.
 async fn commit(
     store: &dyn Store,
     chain_id: &str,
     drafts: &[Draft],
     commit_timeout: Duration,
 ) -> Result<Vec<Event>, StoreError> {
+    let deadline = Instant::now() + 2 * commit_timeout;
+    let step = || deadline.saturating_duration_since(Instant::now()).min(commit_timeout);
     let mut retried = false;
     loop {
-        let error = match bounded(commit_timeout, store.append(chain_id, drafts)).await {
+        let error = match bounded(step(), store.append(chain_id, drafts)).await {
             Ok(events) => return Ok(events),
             Err(error) => error,
         };
-        match bounded(commit_timeout, store.settle(chain_id, drafts)).await {
+        match bounded(step(), store.settle(chain_id, drafts)).await {
             Ok(Some(events)) => {
                 tracing::warn!(%error, batch = drafts.len(), "a ledger append reported a failure but had committed; its events stand");
                 return Ok(events);
             }
-            Ok(None) if !retried && error.is_connection_lost() => {
+            Ok(None) if !retried && error.is_connection_lost() && !step().is_zero() => {
                 tracing::warn!(%error, "the ledger connection was lost before the batch committed; trying once more");
                 retried = true;
             }
