@@ -60,7 +60,7 @@ pub struct BenchArgs {
     stdio_sessions: Option<Vec<NonZeroUsize>>,
     /// Which chains the stdio proxies append to: `shared` (all to `default`, one total order, as
     /// `stdio` does unless told otherwise) or `own` (each to a chain of its own, `--chain
-    /// bench-stdio-N`) [default: shared]
+    /// bench-stdio-N`)
     #[arg(long, value_name = "CHAINS", default_value = "shared")]
     stdio_chains: StdioChains,
     /// Concurrent sessions of the HTTP scenarios, one scenario each, all through one
