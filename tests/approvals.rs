@@ -473,3 +473,30 @@ async fn postgres_writer_role_runs_the_whole_queue() {
     assert_eq!(got, approve("alice"));
     assert!(woke - decided < Duration::from_millis(700), "{:?}", woke - decided);
 }
+
+/// An operator's decision whose commit answer was lost on the way back from Postgres stands:
+/// `decide` settles the failed append, finds the decision in the ledger and reports it made,
+/// instead of an error the operator would retry into "already decided".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_whose_commit_answer_was_lost_stands() {
+    let Some(ledger) = TestLedger::postgres().await else { return };
+    ledger.open().await.close().await;
+    let (chaos, url) = common::chaos::ChaosProxy::in_front_of(&ledger.url_string()).await;
+    let store = mcp_ledger::store::open(
+        &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
+        &mcp_ledger::store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let request = requested(&store, "call-1", &[], Duration::from_secs(60)).await;
+
+    chaos.lose_answer_to("marker-5d0b");
+    let verdict =
+        Verdict::Approved { operator: "alice".into(), reason: Some("marker-5d0b".into()) };
+    let record = approval::decide(store.as_ref(), &request.approval_id, verdict.clone()).await;
+    assert!(chaos.has_sprung(), "the decision never reached the database");
+    assert_eq!(record.expect("the decision was recorded").verdict, verdict);
+    let entry = approval::find(store.as_ref(), &request.approval_id).await.unwrap().unwrap();
+    assert!(matches!(entry.state, approval::State::Decided(_)), "{:?}", entry.state);
+    store.close().await;
+}

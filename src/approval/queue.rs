@@ -221,7 +221,7 @@ pub async fn decide(
     draft.session_id.clone_from(&entry.requested.session_id);
     draft.agent.clone_from(&entry.requested.agent);
     draft.server.clone_from(&entry.requested.server);
-    let appended = store.append(&entry.requested.chain_id, &[draft]).await?;
+    let appended = store.append_settled(&entry.requested.chain_id, &[draft]).await?;
     let event_id = &appended.first().expect("one draft makes one event").event_id;
 
     // Between the look and the append another decision may have landed, or the request may

@@ -55,7 +55,7 @@ pub async fn run(args: CorrectArgs) -> Result<u8, CliError> {
     );
     draft.server = original.server.clone();
     let appended = store
-        .append(&original.chain_id, std::slice::from_ref(&draft))
+        .append_settled(&original.chain_id, std::slice::from_ref(&draft))
         .await
         .context("cannot append the correction")
         .map_err(CliError::Failed);

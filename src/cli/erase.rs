@@ -102,7 +102,7 @@ async fn erase(store: &dyn Store, args: &EraseArgs) -> Result<(Event, bool), Cli
                 }),
             );
             store
-                .append(DEFAULT_CHAIN, std::slice::from_ref(&draft))
+                .append_settled(DEFAULT_CHAIN, std::slice::from_ref(&draft))
                 .await
                 .context("cannot append the erasure event; nothing was erased")
                 .map_err(failed)?

@@ -252,7 +252,7 @@ async fn expire_payloads(
         })
         .collect();
     let events = store
-        .append(chain_id, &drafts)
+        .append_settled(chain_id, &drafts)
         .await
         .context("cannot append the erasure events; nothing was erased")?;
     expiry.erasure_event = events.first().map(|e| e.event_id.clone());
@@ -423,7 +423,7 @@ async fn cut(
         }),
     );
     let event = store
-        .append(chain_id, std::slice::from_ref(&draft))
+        .append_settled(chain_id, std::slice::from_ref(&draft))
         .await
         .context("cannot append the retention_cut event")?
         .pop()

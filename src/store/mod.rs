@@ -124,6 +124,32 @@ pub trait Store: Send + Sync + 'static {
         drafts: &[Draft],
     ) -> Result<Option<Vec<Event>>, StoreError>;
 
+    /// [`Store::append`] for appends outside the group-commit writer (an operator's decision, a
+    /// CLI command's event): a failed append is settled, so that an error means the drafts did
+    /// not commit, or that nobody can tell (then logged with the first event id).
+    async fn append_settled(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Event>, StoreError> {
+        let error = match self.append(chain_id, drafts).await {
+            Ok(events) => return Ok(events),
+            Err(error) => error,
+        };
+        match self.settle(chain_id, drafts).await {
+            Ok(Some(events)) => {
+                tracing::warn!(%error, "a ledger append reported a failure but had committed; its events stand");
+                Ok(events)
+            }
+            Ok(None) => Err(error),
+            Err(settling) => {
+                let first_event = drafts.first().map(|d| d.event_id.as_str());
+                tracing::error!(%error, %settling, ?first_event, "cannot tell whether a failed ledger append committed");
+                Err(error)
+            }
+        }
+    }
+
     /// Every event, ordered by `(chain_id, seq, event_id)`, streamed from the database.
     fn events(&self) -> BoxStream<'_, Result<Event, StoreError>>;
 
