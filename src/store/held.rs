@@ -112,8 +112,8 @@ impl<C: AppendConnection> HeldConnection<C> {
         }
     }
 
-    /// Runs `append` on the held connection, or, while another chain's writer is using it, on
-    /// one taken out of `pool`. The connection of an append that fails or is dropped before it
+    /// Runs `append` on the held connection, or, while another append is using it (another
+    /// chain's writer, or an append outside the writer), on one taken out of `pool`. The connection of an append that fails or is dropped before it
     /// finished becomes [`Unsettled`]; a new one is opened for the next append.
     pub(super) async fn append<T>(
         &self,

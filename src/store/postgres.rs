@@ -67,8 +67,8 @@ pub struct PostgresStore {
     /// whole chain for `verify`, migrations, retention, erasure): no statement timeout, and no
     /// slow-statement warnings. Connects only when first used.
     long: PgPool,
-    /// The connection appends go through (`held.rs` says why). While another chain's writer is
-    /// using it, appends take one from the pool.
+    /// The connection appends go through (`held.rs` says why). While another append is using
+    /// it, appends take one from the pool.
     appender: HeldConnection<PgConnection>,
     /// The last head this process committed, per chain: the fast path's guess at the head.
     heads: Mutex<HashMap<String, (i64, String)>>,

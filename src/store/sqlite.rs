@@ -57,8 +57,8 @@ const WRITE_LOCK_RETRY: Duration = Duration::from_millis(1);
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The connection appends go through (`held.rs` says why). While another chain's writer is
-    /// using it, appends take one from the pool.
+    /// The connection appends go through (`held.rs` says why). While another append is using
+    /// it, appends take one from the pool.
     appender: HeldConnection<SqliteConnection>,
     /// How long an append waits for the write lock.
     lock_timeout: Duration,
