@@ -458,12 +458,7 @@ async fn postgres_writer_role_runs_the_whole_queue() {
     };
     ledger.open().await.close().await; // migrates as the owner, creating the roles
     let url = ledger.writer_role_url("mcp_ledger_test_app").await;
-    let store = mcp_ledger::store::open(
-        &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
-        &mcp_ledger::store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = common::open_url(&url).await;
     let request = requested(&store, "call-1", &[], Duration::from_secs(60)).await;
     let waiter = waiting(&store, &request, CancellationToken::new());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -482,12 +477,7 @@ async fn a_decision_whose_commit_answer_was_lost_stands() {
     let Some(ledger) = TestLedger::postgres().await else { return };
     ledger.open().await.close().await;
     let (chaos, url) = common::chaos::ChaosProxy::in_front_of(&ledger.url_string()).await;
-    let store = mcp_ledger::store::open(
-        &mcp_ledger::store::LedgerUrl::parse(&url).unwrap(),
-        &mcp_ledger::store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = common::open_url(&url).await;
     let request = requested(&store, "call-1", &[], Duration::from_secs(60)).await;
 
     chaos.lose_answer_to("marker-5d0b");

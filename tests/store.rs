@@ -436,11 +436,7 @@ async fn postgres_writer_role_settles_an_append_whose_answer_was_lost() {
     ledger.open().await.close().await;
     let as_writer = ledger.writer_role_url("mcp_ledger_test_settler").await;
     let (chaos, url) = ChaosProxy::in_front_of(&as_writer).await;
-    let options = mcp_ledger::store::StoreOptions::default();
-    let store =
-        mcp_ledger::store::open(&mcp_ledger::store::LedgerUrl::parse(&url).unwrap(), &options)
-            .await
-            .unwrap();
+    let store = common::open_url(&url).await;
     store.append(DEFAULT_CHAIN, &[tool_call("c1", "echo", json!({}))]).await.unwrap();
 
     chaos.lose_answer_to("marker-4f1e");

@@ -26,6 +26,12 @@ fn postgres_required() -> bool {
     std::env::var("MCP_LEDGER_REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v == "true")
 }
 
+/// The store at `url` (as `mcp-ledger` would open it: migrating if the role may).
+pub async fn open_url(url: &str) -> Arc<dyn Store> {
+    let parsed = LedgerUrl::parse(url).expect("a ledger url");
+    store::open(&parsed, &StoreOptions::default()).await.expect("open the ledger")
+}
+
 /// A fresh, empty ledger that is removed when dropped.
 pub struct TestLedger {
     pub url: LedgerUrl,
