@@ -84,10 +84,11 @@ fn plan(args: &StdioArgs) -> Result<Plan, CliError> {
     let lock_timeout_ms =
         args.lock_timeout_ms.or(config.as_ref().map(|c| c.ledger.lock_timeout_ms)).unwrap_or(5000);
     let ledger_url = configured::ledger_url(&args.ledger, config.as_ref())?;
-    let chain = args.chain.clone().unwrap_or_else(|| match &config {
-        Some(config) => config.ledger.chain.clone(),
-        None => DEFAULT_CHAIN.to_owned(),
-    });
+    let chain = args
+        .chain
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.ledger.chain.clone()))
+        .unwrap_or_else(|| DEFAULT_CHAIN.to_owned());
     if !args.command.is_empty() {
         let server = args.server.clone().unwrap_or_else(|| server_name_from_command(&args.command));
         let upstream =

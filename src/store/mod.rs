@@ -136,17 +136,9 @@ pub trait Store: Send + Sync + 'static {
             Ok(events) => return Ok(events),
             Err(error) => error,
         };
-        match self.settle(chain_id, drafts).await {
-            Ok(Some(events)) => {
-                tracing::warn!(%error, "a ledger append reported a failure but had committed; its events stand");
-                Ok(events)
-            }
-            Ok(None) => Err(error),
-            Err(settling) => {
-                let first_event = drafts.first().map(|d| d.event_id.as_str());
-                tracing::error!(%error, %settling, ?first_event, "cannot tell whether a failed ledger append committed");
-                Err(error)
-            }
+        match settle_failed(self, chain_id, drafts, &error, None).await {
+            Settled::Committed(events) => Ok(events),
+            Settled::NotCommitted | Settled::Unknown => Err(error),
         }
     }
 
@@ -386,6 +378,55 @@ fn ensure_parent_dir(path: &Path) -> Result<(), StoreError> {
 fn start_of_today() -> String {
     let now = time::OffsetDateTime::now_utc();
     crate::record::format_timestamp(now.replace_time(time::Time::MIDNIGHT))
+}
+
+/// What settling a failed append found.
+pub(crate) enum Settled {
+    /// It had committed after all: these are its events.
+    Committed(Vec<Event>),
+    /// It did not commit, and never will.
+    NotCommitted,
+    /// Nobody can tell (settling failed or ran out of time).
+    Unknown,
+}
+
+/// Settles the append of `drafts` that failed with `error` ([`Store::settle`]), within `limit`
+/// if one is given, and logs what it found: a commit after all as a warning, an outcome nobody
+/// can tell as an error naming the batch's first event. Shared by the writer and
+/// [`Store::append_settled`].
+pub(crate) async fn settle_failed<S: Store + ?Sized>(
+    store: &S,
+    chain_id: &str,
+    drafts: &[Draft],
+    error: &StoreError,
+    limit: Option<Duration>,
+) -> Settled {
+    let settling = store.settle(chain_id, drafts);
+    let settled = match limit {
+        Some(limit) => {
+            tokio::time::timeout(limit, settling).await.unwrap_or(Err(StoreError::Timeout(limit)))
+        }
+        None => settling.await,
+    };
+    match settled {
+        Ok(Some(events)) => {
+            tracing::warn!(%error, batch = drafts.len(), "a ledger append reported a failure but had committed; its events stand");
+            Settled::Committed(events)
+        }
+        Ok(None) => Settled::NotCommitted,
+        Err(settling) => {
+            let first_event = drafts.first().map(|d| d.event_id.as_str());
+            tracing::error!(
+                %error,
+                %settling,
+                ?first_event,
+                batch = drafts.len(),
+                "cannot tell whether a failed ledger append committed; reporting it as failed (if \
+                 it did commit, the ledger holds events their callers were told had failed)"
+            );
+            Settled::Unknown
+        }
+    }
 }
 
 /// What a settled append left in the ledger: `found` are the events of the chain whose ids are

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Store, StoreError};
+use super::{Settled, Store, StoreError, settle_failed};
 use crate::record::{Draft, Event};
 
 /// The most drafts one transaction takes.
@@ -138,27 +138,15 @@ async fn commit(
             Ok(events) => return Ok(events),
             Err(error) => error,
         };
-        match bounded(step(), store.settle(chain_id, drafts)).await {
-            Ok(Some(events)) => {
-                tracing::warn!(%error, batch = drafts.len(), "a ledger append reported a failure but had committed; its events stand");
-                return Ok(events);
-            }
-            Ok(None) if !retried && error.is_connection_lost() && !step().is_zero() => {
+        match settle_failed(store, chain_id, drafts, &error, Some(step())).await {
+            Settled::Committed(events) => return Ok(events),
+            Settled::NotCommitted
+                if !retried && error.is_connection_lost() && !step().is_zero() =>
+            {
                 tracing::warn!(%error, "the ledger connection was lost before the batch committed; trying once more");
                 retried = true;
             }
-            Ok(None) => return Err(error),
-            Err(settling) => {
-                tracing::error!(
-                    %error,
-                    %settling,
-                    first_event = %drafts[0].event_id,
-                    batch = drafts.len(),
-                    "cannot tell whether a failed ledger append committed; failing it closed (if it \
-                     did commit, the ledger holds events of calls that were refused)"
-                );
-                return Err(error);
-            }
+            Settled::NotCommitted | Settled::Unknown => return Err(error),
         }
     }
 }

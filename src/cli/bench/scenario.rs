@@ -162,13 +162,14 @@ pub async fn ledger_size(url: &LedgerUrl, chains: &[String]) -> anyhow::Result<i
     let store = store::open(url, &options)
         .await
         .with_context(|| format!("cannot open the ledger {url}"))?;
-    let mut size = Ok(0);
-    for chain in chains {
-        size = match (size, store.chain_size(chain).await) {
-            (Ok(total), Ok(events)) => Ok(total + events),
-            (Err(error), _) | (_, Err(error)) => Err(error),
-        };
+    let size = async {
+        let mut total = 0;
+        for chain in chains {
+            total += store.chain_size(chain).await?;
+        }
+        Ok::<_, store::StoreError>(total)
     }
+    .await;
     store.close().await;
     size.with_context(|| format!("cannot read the size of the ledger {url}"))
 }
