@@ -42,6 +42,8 @@ both_stores!(
     provenance_has_one_row_per_tool_call,
     migrations_are_idempotent,
     two_stores_on_one_ledger_keep_one_chain,
+    a_head_another_process_moved_is_read_again,
+    a_refused_append_leaves_the_ledger_writable,
     spent_today_counts_what_ran_or_waits,
     payload_retention_erases_only_bodies_nothing_recent_references,
     settling_an_append_that_never_had_a_connection_is_none_at_once,
@@ -284,6 +286,53 @@ async fn two_stores_on_one_ledger_keep_one_chain(ledger: TestLedger) {
     assert!(report.intact(), "{:?}", report.findings);
     a.close().await;
     b.close().await;
+}
+
+/// Each store extends the head it committed last without reading it (one round trip); when
+/// another process moved the head meanwhile, the guess is refused, nothing of it is written,
+/// and the append lands after the other process's events.
+async fn a_head_another_process_moved_is_read_again(ledger: TestLedger) {
+    let a = ledger.open().await;
+    let b = ledger.open().await;
+    for (i, store) in [&a, &b, &a, &a, &b, &a].into_iter().enumerate() {
+        let drafts = [tool_call(&format!("c{i}"), "echo", json!({"i": i}))];
+        let appended = store.append(DEFAULT_CHAIN, &drafts).await.expect("appended");
+        assert_eq!(appended[0].seq, i as i64 + 1);
+    }
+    let events = all_events(&a).await;
+    assert_eq!(events.len(), 6);
+    let report = verify_all(&events);
+    assert!(report.intact(), "{:?}", report.findings);
+    a.close().await;
+    b.close().await;
+}
+
+/// An append the database refuses (here an event id that is already in the ledger) fails,
+/// writes nothing, and leaves no lock behind: the next append commits at once, well inside a
+/// lock timeout that a transaction left open would run out.
+async fn a_refused_append_leaves_the_ledger_writable(ledger: TestLedger) {
+    let options = mcp_ledger::store::StoreOptions {
+        lock_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let store = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    let other = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    let first = [tool_call("c1", "echo", json!({}))];
+    store.append(DEFAULT_CHAIN, &first).await.expect("appended");
+    let again = [tool_call("c2", "echo", json!({})), first[0].clone()];
+    store.append(DEFAULT_CHAIN, &again).await.expect_err("event ids are unique");
+    let next = [tool_call("c3", "echo", json!({}))];
+    assert_eq!(
+        other.append(DEFAULT_CHAIN, &next).await.expect("another process appends")[0].seq,
+        2
+    );
+    let last = [tool_call("c4", "echo", json!({}))];
+    assert_eq!(store.append(DEFAULT_CHAIN, &last).await.expect("appends again")[0].seq, 3);
+    let events = all_events(&store).await;
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(verify_all(&events).intact());
+    other.close().await;
+    store.close().await;
 }
 
 /// A connection of its own to a SQLite ledger's file, as another process would open it.

@@ -3,6 +3,7 @@
 //!
 //! **Invariant:** this is the only module that contains SQL. Nothing here knows about MCP.
 
+mod heads;
 mod held;
 mod postgres;
 mod sqlite;
@@ -464,6 +465,16 @@ fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> 
             event
         })
         .collect()
+}
+
+/// The payloads of `drafts`, each body once, sorted by reference. Concurrent transactions that
+/// store the same bodies then take their unique-index locks in the same order and cannot
+/// deadlock on them.
+fn unique_payloads(drafts: &[Draft]) -> Vec<&crate::record::Payload> {
+    let mut payloads: Vec<_> = drafts.iter().flat_map(|d| &d.payloads).collect();
+    payloads.sort_by(|a, b| a.reference.cmp(&b.reference));
+    payloads.dedup_by(|a, b| a.reference == b.reference);
+    payloads
 }
 
 #[cfg(test)]

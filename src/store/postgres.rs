@@ -8,10 +8,8 @@
 //! insert-only `mcp_ledger_writer` role; and `prev_hash` can be trusted from the cache because
 //! events are never changed once written.
 
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -21,9 +19,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 
+use super::heads::HeadCache;
 use super::held::{BackendId, HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
+    unique_payloads,
 };
 use crate::record::{Draft, Event, Payload};
 
@@ -71,15 +71,10 @@ pub struct PostgresStore {
     /// it, appends take one from the pool.
     appender: HeldConnection<PgConnection>,
     /// The last head this process committed, per chain: the fast path's guess at the head.
-    heads: Mutex<HashMap<String, (i64, String)>>,
-    /// Until when the fast path is skipped, after another process won a race for the head.
-    contended_until: Mutex<Option<Instant>>,
+    heads: HeadCache,
     /// Bounds every wait of the append path, settling included.
     lock_timeout: Duration,
 }
-
-/// How long the fast path stays off after a lost race.
-const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How often the locked path retries a lost race. Since the fast path takes the chain's lock
 /// too, only a deadlock that Postgres breaks by rolling us back is left to retry.
@@ -110,8 +105,7 @@ impl PostgresStore {
             pool,
             long,
             appender: HeldConnection::new(bounded, options.lock_timeout),
-            heads: Mutex::default(),
-            contended_until: Mutex::default(),
+            heads: HeadCache::default(),
             lock_timeout: options.lock_timeout,
         };
         if options.migrate && !store.is_current().await? {
@@ -196,27 +190,6 @@ impl PostgresStore {
         }
     }
 
-    fn contended(&self) -> bool {
-        self.contended_until.lock().expect("lock").is_some_and(|until| Instant::now() < until)
-    }
-
-    fn cached_head(&self, chain_id: &str) -> Option<(i64, String)> {
-        self.heads.lock().expect("lock").get(chain_id).cloned()
-    }
-
-    fn remember_head(&self, chain_id: &str, events: &[Event]) {
-        if let Some(last) = events.last() {
-            self.heads
-                .lock()
-                .expect("lock")
-                .insert(chain_id.to_owned(), (last.seq, last.hash.clone()));
-        }
-    }
-
-    fn forget_head(&self, chain_id: &str) {
-        self.heads.lock().expect("lock").remove(chain_id);
-    }
-
     /// The fast path, and the locked path when it loses a race or other processes are appending.
     async fn append_on(
         &self,
@@ -225,9 +198,7 @@ impl PostgresStore {
         drafts: &[Draft],
     ) -> Result<Vec<Event>, StoreError> {
         let payloads = unique_payloads(drafts);
-        if let Some(head) = self.cached_head(chain_id)
-            && !self.contended()
-        {
+        if let Some(head) = self.heads.guess(chain_id) {
             // Fast path: extend the head this process wrote last, in one autocommitted statement
             // (one round trip) that takes the chain's lock before inserting. If another process
             // extended the chain meanwhile, the primary key refuses our seq and nothing was
@@ -235,17 +206,12 @@ impl PostgresStore {
             let events = seal_after(chain_id, Some(head), drafts);
             match insert_rows(chain_id, &events, drafts, &payloads).execute(&mut *conn).await {
                 Ok(_) => {
-                    self.remember_head(chain_id, &events);
+                    self.heads.remember(chain_id, &events);
                     return Ok(events);
                 }
-                Err(error) if is_lost_race(&error) => {
-                    // Other processes are appending too: their heads will keep invalidating ours
-                    // for a while, so serialise on the lock instead of wasting round trips.
-                    *self.contended_until.lock().expect("lock") =
-                        Some(Instant::now() + CONTENTION_BACKOFF);
-                }
+                Err(error) if is_lost_race(&error) => self.heads.lost_race(),
                 Err(error) => {
-                    self.forget_head(chain_id);
+                    self.heads.forget(chain_id);
                     return Err(error.into());
                 }
             }
@@ -254,7 +220,7 @@ impl PostgresStore {
         loop {
             match Self::append_locked(conn, chain_id, drafts, &payloads).await {
                 Ok(events) => {
-                    self.remember_head(chain_id, &events);
+                    self.heads.remember(chain_id, &events);
                     return Ok(events);
                 }
                 // Under the chain's lock no other writer can take our seq; what is left is a
@@ -266,7 +232,7 @@ impl PostgresStore {
                     attempts += 1;
                 }
                 Err(error) => {
-                    self.forget_head(chain_id);
+                    self.heads.forget(chain_id);
                     return Err(error);
                 }
             }
@@ -325,16 +291,6 @@ fn insert_rows<'a>(
         .bind(column(events, |e| e.prev_hash.as_str()))
         .bind(column(events, |e| e.hash.as_str()))
         .bind(chain_lock_key(chain_id))
-}
-
-/// The payloads of `drafts`, each body once, sorted by reference. Concurrent transactions that
-/// store the same bodies then take their unique-index locks in the same order and cannot
-/// deadlock on them.
-fn unique_payloads(drafts: &[Draft]) -> Vec<&Payload> {
-    let mut payloads: Vec<&Payload> = drafts.iter().flat_map(|d| &d.payloads).collect();
-    payloads.sort_by(|a, b| a.reference.cmp(&b.reference));
-    payloads.dedup_by(|a, b| a.reference == b.reference);
-    payloads
 }
 
 /// Whether `error` is a race with another process's writer that left nothing of ours written:

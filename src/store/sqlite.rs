@@ -1,8 +1,15 @@
 //! The embedded SQLite store: the zero-setup default.
 //!
 //! Several `mcp-ledger stdio` processes may share one file. Each append runs in a
-//! `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock before reading the chain head,
-//! so heads are read and extended atomically across processes.
+//! `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock before anything is read or
+//! written, so heads are extended atomically across processes.
+//!
+//! Every statement is a round trip to the thread sqlx runs the connection on, and on a small
+//! VM each costs more than SQLite's own work on a small batch. The fast path therefore sends
+//! one script (begin, insert the events, insert the bodies, commit) that extends the head this
+//! process committed last; if another process extended the chain meanwhile, the primary key
+//! `(chain_id, seq)` refuses it, the script's transaction is rolled back, and the locked path
+//! reads the head first.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,14 +18,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
+use super::heads::HeadCache;
 use super::held::{HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
-    ensure_parent_dir, seal_after,
+    ensure_parent_dir, seal_after, unique_payloads,
 };
-use crate::record::{Draft, Event};
+use crate::record::{Draft, Event, Payload};
 
 mod pages;
 
@@ -60,6 +68,8 @@ pub struct SqliteStore {
     /// The connection appends go through (`held.rs` says why). While another append is using
     /// it, appends take one from the pool.
     appender: HeldConnection<SqliteConnection>,
+    /// The last head this process committed, per chain: the fast path's guess at the head.
+    heads: HeadCache,
     /// How long an append waits for the write lock.
     lock_timeout: Duration,
 }
@@ -86,7 +96,12 @@ impl SqliteStore {
         // whole lock timeout.
         let appender =
             HeldConnection::new(connect.pragma("busy_timeout", "0"), options.lock_timeout);
-        let store = SqliteStore { pool, appender, lock_timeout: options.lock_timeout };
+        let store = SqliteStore {
+            pool,
+            appender,
+            heads: HeadCache::default(),
+            lock_timeout: options.lock_timeout,
+        };
         if options.migrate {
             store.migrate().await?;
         }
@@ -119,21 +134,95 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
     })
 }
 
+impl SqliteStore {
+    /// The fast path when this process knows the head and the batch fits one script; the
+    /// locked path otherwise, or when the guessed head was stale.
+    async fn append_on(
+        &self,
+        conn: &mut SqliteConnection,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Event>, StoreError> {
+        let payloads = unique_payloads(drafts);
+        if drafts.len() <= MAX_ROWS_PER_INSERT
+            && payloads.len() <= MAX_ROWS_PER_INSERT
+            && let Some(head) = self.heads.guess(chain_id)
+        {
+            let events = seal_after(chain_id, Some(head), drafts);
+            match append_script(conn, &events, drafts, &payloads).await {
+                Ok(()) => {
+                    self.heads.remember(chain_id, &events);
+                    return Ok(events);
+                }
+                // The script's BEGIN IMMEDIATE could not take the write lock, so nothing was
+                // begun: the locked path waits for the lock.
+                Err(error) if is_busy(&error) => {}
+                Err(error) => {
+                    // The script stopped after its BEGIN with the transaction open. Rolling it
+                    // back here lets go of the write lock now, not when the failed connection
+                    // is settled (closed); a lost race can then go on on this connection.
+                    let rolled_back = sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
+                    if !(rolled_back && is_lost_race(&error)) {
+                        self.heads.forget(chain_id);
+                        return Err(error.into());
+                    }
+                    self.heads.lost_race();
+                }
+            }
+        }
+        match append_locked(conn, chain_id, drafts, &payloads, self.lock_timeout).await {
+            Ok(events) => {
+                self.heads.remember(chain_id, &events);
+                Ok(events)
+            }
+            Err(error) => {
+                self.heads.forget(chain_id);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The fast path, in one round trip to the connection's thread: begin, insert `events` (sealed
+/// from `drafts` after a guessed head) and their bodies, commit. If the guess was stale the
+/// primary key refuses the first event and the script stops, its transaction still open. If
+/// this future is dropped mid-way, sqlx's thread stops the script at its next statement, maybe
+/// with the transaction open; the connection is then unsettled (`held.rs`), and settling closes
+/// it, which rolls that back.
+async fn append_script(
+    conn: &mut SqliteConnection,
+    events: &[Event],
+    drafts: &[Draft],
+    payloads: &[&Payload],
+) -> Result<(), sqlx::Error> {
+    let created_at = now();
+    let mut script = QueryBuilder::new("BEGIN IMMEDIATE; ");
+    push_insert_events(&mut script, events, drafts);
+    if !payloads.is_empty() {
+        script.push("; ");
+        push_insert_payloads(&mut script, payloads, &created_at);
+    }
+    script.push("; COMMIT");
+    script.build().execute(conn).await?;
+    Ok(())
+}
+
 /// Appends under SQLite's write lock, waiting up to `lock_timeout` while other processes hold it.
 ///
 /// SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between its tries, so under
 /// steady contention a waiter that lost a few times sleeps on long after the lock came free:
 /// with 8 `stdio` proxies on one file, p99 +245 ms and p999 +824 ms (docs/performance.md). The
 /// held connection has no busy timeout; this tries again every millisecond instead.
-async fn append_on(
+async fn append_locked(
     conn: &mut SqliteConnection,
     chain_id: &str,
     drafts: &[Draft],
+    payloads: &[&Payload],
     lock_timeout: Duration,
 ) -> Result<Vec<Event>, StoreError> {
     let deadline = Instant::now() + lock_timeout;
     loop {
-        match append_once(conn, chain_id, drafts).await? {
+        match append_once(conn, chain_id, drafts, payloads).await? {
             Attempt::Appended(events) => return Ok(events),
             Attempt::LockBusy(error) if Instant::now() >= deadline => return Err(error.into()),
             Attempt::LockBusy(_) => tokio::time::sleep(WRITE_LOCK_RETRY).await,
@@ -148,11 +237,12 @@ enum Attempt {
 }
 
 /// One try: the write lock, taken first (BEGIN IMMEDIATE) so that the head read and the insert
-/// are one step across processes, then the head, the insert and the commit.
+/// are one step across processes, then the head, the inserts and the commit.
 async fn append_once(
     conn: &mut SqliteConnection,
     chain_id: &str,
     drafts: &[Draft],
+    payloads: &[&Payload],
 ) -> Result<Attempt, StoreError> {
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
@@ -165,49 +255,78 @@ async fn append_once(
             .fetch_optional(&mut *tx)
             .await?;
     let events = seal_after(chain_id, head, drafts);
-
-    // `data` is stored as the drafts' canonical text, computed before the batch reached the
-    // writer: the text the hash covers, serialised once.
-    let rows: Vec<_> = events.iter().zip(drafts.iter().map(Draft::data_json)).collect();
-    for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, \
-             agent, server, data, prev_hash, hash) ",
-        );
-        insert.push_values(chunk, |mut row, (e, data)| {
-            row.push_bind(&e.chain_id)
-                .push_bind(e.seq)
-                .push_bind(&e.event_id)
-                .push_bind(&e.event_type)
-                .push_bind(&e.timestamp)
-                .push_bind(&e.session_id)
-                .push_bind(&e.agent)
-                .push_bind(&e.server)
-                .push_bind(data.as_ref())
-                .push_bind(&e.prev_hash)
-                .push_bind(&e.hash);
-        });
+    let mut sealed = (events.as_slice(), drafts);
+    while !sealed.0.is_empty() {
+        let n = sealed.0.len().min(MAX_ROWS_PER_INSERT);
+        let mut insert = QueryBuilder::new("");
+        push_insert_events(&mut insert, &sealed.0[..n], &sealed.1[..n]);
         insert.build().execute(&mut *tx).await?;
+        sealed = (&sealed.0[n..], &sealed.1[n..]);
     }
-
     // One statement for many bodies: every statement is a hop to sqlx's worker thread for the
     // connection, and a batch under load carries a hundred bodies.
-    let created_at = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
-    let payloads: Vec<_> = drafts.iter().flat_map(|d| &d.payloads).collect();
+    let created_at = now();
     for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
-        let mut insert =
-            QueryBuilder::new("INSERT INTO payloads (reference, body, size, created_at) ");
-        insert.push_values(chunk, |mut row, p| {
-            row.push_bind(&p.reference)
-                .push_bind(&p.body)
-                .push_bind(p.size() as i64)
-                .push_bind(&created_at);
-        });
-        insert.push(" ON CONFLICT (reference) DO NOTHING");
+        let mut insert = QueryBuilder::new("");
+        push_insert_payloads(&mut insert, chunk, &created_at);
         insert.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(Attempt::Appended(events))
+}
+
+/// `INSERT INTO events` of `events`, sealed from `drafts` in step. `data` is stored as the
+/// drafts' canonical text, computed before the batch reached the writer: the text the hash
+/// covers, serialised once.
+fn push_insert_events<'a>(
+    sql: &mut QueryBuilder<'a, Sqlite>,
+    events: &'a [Event],
+    drafts: &'a [Draft],
+) {
+    sql.push(
+        "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, agent, \
+         server, data, prev_hash, hash) ",
+    );
+    sql.push_values(events.iter().zip(drafts), |mut row, (e, draft)| {
+        row.push_bind(&e.chain_id)
+            .push_bind(e.seq)
+            .push_bind(&e.event_id)
+            .push_bind(&e.event_type)
+            .push_bind(&e.timestamp)
+            .push_bind(&e.session_id)
+            .push_bind(&e.agent)
+            .push_bind(&e.server)
+            .push_bind(draft.data_json())
+            .push_bind(&e.prev_hash)
+            .push_bind(&e.hash);
+    });
+}
+
+/// `INSERT INTO payloads` of `payloads`, skipping bodies already stored.
+fn push_insert_payloads<'a>(
+    sql: &mut QueryBuilder<'a, Sqlite>,
+    payloads: &[&'a Payload],
+    created_at: &'a str,
+) {
+    sql.push("INSERT INTO payloads (reference, body, size, created_at) ");
+    sql.push_values(payloads, |mut row, p| {
+        row.push_bind(&p.reference)
+            .push_bind(&p.body)
+            .push_bind(p.size() as i64)
+            .push_bind(created_at);
+    });
+    sql.push(" ON CONFLICT (reference) DO NOTHING");
+}
+
+fn now() -> String {
+    crate::record::format_timestamp(time::OffsetDateTime::now_utc())
+}
+
+/// Whether `error` is the primary key of `events` refusing a seq another process took first.
+fn is_lost_race(error: &sqlx::Error) -> bool {
+    // 1555: SQLITE_CONSTRAINT_PRIMARYKEY. The payloads' key cannot conflict (DO NOTHING).
+    matches!(error, sqlx::Error::Database(e)
+        if e.code().as_deref() == Some("1555") && e.message().contains("events.seq"))
 }
 
 /// SQLITE_BUSY, in any of its extended forms: another connection holds a lock this one needs.
@@ -219,9 +338,8 @@ fn is_busy(error: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
-        let lock_timeout = self.lock_timeout;
         self.appender
-            .append(&self.pool, async |conn| append_on(conn, chain_id, drafts, lock_timeout).await)
+            .append(&self.pool, async |conn| self.append_on(conn, chain_id, drafts).await)
             .await
     }
 

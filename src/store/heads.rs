@@ -1,0 +1,57 @@
+//! The chain heads this process committed last: a store's guess at where each chain ends, so
+//! that an append can extend the chain in one round trip instead of reading the head first.
+//!
+//! The guess is only ever a guess. Another process may have appended since; the store's
+//! primary key `(chain_id, seq)` then refuses the guessed seq and nothing is written, and the
+//! store falls back to reading the head under its lock. Events are never changed once written,
+//! so a head that is still the head still has the hash remembered here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::record::Event;
+
+/// How long guessing stays off after a lost race: other processes are appending too, and
+/// their heads would keep invalidating ours, so the store serialises on its lock instead of
+/// wasting round trips.
+const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub(super) struct HeadCache {
+    heads: Mutex<HashMap<String, (i64, String)>>,
+    contended_until: Mutex<Option<Instant>>,
+}
+
+impl HeadCache {
+    /// The head of `chain_id` to extend without reading it, unless another process was seen
+    /// appending lately.
+    pub(super) fn guess(&self, chain_id: &str) -> Option<(i64, String)> {
+        let contended =
+            self.contended_until.lock().expect("lock").is_some_and(|until| Instant::now() < until);
+        if contended {
+            return None;
+        }
+        self.heads.lock().expect("lock").get(chain_id).cloned()
+    }
+
+    /// `events` were committed at the end of their chain.
+    pub(super) fn remember(&self, chain_id: &str, events: &[Event]) {
+        if let Some(last) = events.last() {
+            self.heads
+                .lock()
+                .expect("lock")
+                .insert(chain_id.to_owned(), (last.seq, last.hash.clone()));
+        }
+    }
+
+    /// An append failed in a way that says nothing about the head: read it next time.
+    pub(super) fn forget(&self, chain_id: &str) {
+        self.heads.lock().expect("lock").remove(chain_id);
+    }
+
+    /// A guessed head turned out to be stale: another process extended the chain.
+    pub(super) fn lost_race(&self) {
+        *self.contended_until.lock().expect("lock") = Some(Instant::now() + CONTENTION_BACKOFF);
+    }
+}
