@@ -36,6 +36,7 @@ macro_rules! both_stores {
 both_stores!(
     appends_are_sealed_in_order_and_read_back,
     a_long_ledger_of_several_chains_reads_back_whole_and_in_order,
+    a_batch_bigger_than_one_statement_is_one_append,
     payloads_are_content_addressed_and_deduplicated,
     concurrent_appends_batch_into_one_gap_free_chain,
     the_database_refuses_to_change_events,
@@ -134,6 +135,28 @@ async fn a_long_ledger_of_several_chains_reads_back_whole_and_in_order(ledger: T
     assert_eq!(stored.len(), 5_000);
     assert!(stored == sealed, "the events read back differ from those sealed");
     assert!(verify_all(&stored).intact());
+    store.close().await;
+}
+
+/// A batch with more rows than SQLite binds in one statement (2,000) is still one append,
+/// both when the store reads the head first (a new store) and when it extends its own.
+async fn a_batch_bigger_than_one_statement_is_one_append(ledger: TestLedger) {
+    let store = ledger.open().await;
+    let batch = |round: usize| -> Vec<Draft> {
+        (0..4_500)
+            .map(|i| tool_call(&format!("c{round}-{i}"), "echo", json!({round.to_string(): i})))
+            .collect()
+    };
+    for round in 0..2 {
+        let appended = store.append(DEFAULT_CHAIN, &batch(round)).await.expect("appended");
+        assert_eq!(appended.len(), 4_500);
+        assert_eq!(appended[0].seq, 1 + 4_500 * round as i64);
+    }
+    let stored = all_events(&store).await;
+    assert_eq!(stored.len(), 9_000);
+    assert!(verify_all(&stored).intact());
+    let body = Payload::of(&json!({"1": 4_499}));
+    assert!(store.payload(&body.reference).await.unwrap().is_some(), "the last body is stored");
     store.close().await;
 }
 

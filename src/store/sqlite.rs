@@ -5,11 +5,11 @@
 //! written, so heads are extended atomically across processes.
 //!
 //! Every statement is a round trip to the thread sqlx runs the connection on, and on a small
-//! VM each costs more than SQLite's own work on a small batch. The fast path therefore sends
-//! one script (begin, insert the events, insert the bodies, commit) that extends the head this
-//! process committed last; if another process extended the chain meanwhile, the primary key
-//! `(chain_id, seq)` refuses it, the script's transaction is rolled back, and the locked path
-//! reads the head first.
+//! VM each costs more than SQLite's own work on a small batch, so appends send scripts. The
+//! fast path is one (begin, insert the events, insert the bodies, commit) that extends the head
+//! this process committed last; if another process extended the chain meanwhile, the primary
+//! key `(chain_id, seq)` refuses it, the script's transaction is rolled back, and the locked
+//! path takes two: begin and read the head, then insert and commit.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -135,8 +135,8 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
 }
 
 impl SqliteStore {
-    /// The fast path when this process knows the head and the batch fits one script; the
-    /// locked path otherwise, or when the guessed head was stale.
+    /// The fast path when this process knows the head; the locked path otherwise, or when the
+    /// guessed head was stale.
     async fn append_on(
         &self,
         conn: &mut SqliteConnection,
@@ -144,25 +144,23 @@ impl SqliteStore {
         drafts: &[Draft],
     ) -> Result<Vec<Event>, StoreError> {
         let payloads = unique_payloads(drafts);
-        if drafts.len() <= MAX_ROWS_PER_INSERT
-            && payloads.len() <= MAX_ROWS_PER_INSERT
-            && let Some(head) = self.heads.guess(chain_id)
-        {
+        if let Some(head) = self.heads.guess(chain_id) {
             let events = seal_after(chain_id, Some(head), drafts);
-            match append_script(conn, &events, drafts, &payloads).await {
-                Ok(()) => {
+            let created_at = now();
+            let mut script = QueryBuilder::new("BEGIN IMMEDIATE; ");
+            push_inserts_and_commit(&mut script, &events, drafts, &payloads, &created_at);
+            match script.build().execute(&mut *conn).await {
+                Ok(_) => {
                     self.heads.remember(chain_id, &events);
                     return Ok(events);
                 }
                 // The script's BEGIN IMMEDIATE could not take the write lock, so nothing was
                 // begun: the locked path waits for the lock.
                 Err(error) if is_busy(&error) => {}
+                // The script stopped after its BEGIN; rolled back, a lost race can go on on
+                // this connection.
                 Err(error) => {
-                    // The script stopped after its BEGIN with the transaction open. Rolling it
-                    // back here lets go of the write lock now, not when the failed connection
-                    // is settled (closed); a lost race can then go on on this connection.
-                    let rolled_back = sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
-                    if !(rolled_back && is_lost_race(&error)) {
+                    if !(roll_back(conn).await && is_lost_race(&error)) {
                         self.heads.forget(chain_id);
                         return Err(error.into());
                     }
@@ -181,30 +179,6 @@ impl SqliteStore {
             }
         }
     }
-}
-
-/// The fast path, in one round trip to the connection's thread: begin, insert `events` (sealed
-/// from `drafts` after a guessed head) and their bodies, commit. If the guess was stale the
-/// primary key refuses the first event and the script stops, its transaction still open. If
-/// this future is dropped mid-way, sqlx's thread stops the script at its next statement, maybe
-/// with the transaction open; the connection is then unsettled (`held.rs`), and settling closes
-/// it, which rolls that back.
-async fn append_script(
-    conn: &mut SqliteConnection,
-    events: &[Event],
-    drafts: &[Draft],
-    payloads: &[&Payload],
-) -> Result<(), sqlx::Error> {
-    let created_at = now();
-    let mut script = QueryBuilder::new("BEGIN IMMEDIATE; ");
-    push_insert_events(&mut script, events, drafts);
-    if !payloads.is_empty() {
-        script.push("; ");
-        push_insert_payloads(&mut script, payloads, &created_at);
-    }
-    script.push("; COMMIT");
-    script.build().execute(conn).await?;
-    Ok(())
 }
 
 /// Appends under SQLite's write lock, waiting up to `lock_timeout` while other processes hold it.
@@ -236,43 +210,73 @@ enum Attempt {
     LockBusy(sqlx::Error),
 }
 
-/// One try: the write lock, taken first (BEGIN IMMEDIATE) so that the head read and the insert
-/// are one step across processes, then the head, the inserts and the commit.
+/// One try, in two round trips to the connection's thread, with the write lock held only
+/// between them: take the lock (BEGIN IMMEDIATE) and read the head under it; then insert and
+/// commit. Across processes the write lock is what everyone waits for, so the fewer round
+/// trips it is held across, the more appends a second.
+///
+/// The transaction is SQL's, not an sqlx `Transaction`, so that each half is one script. Where
+/// a script fails after its BEGIN it is rolled back here. If this future is dropped between or
+/// during the scripts, the transaction may stay open on the connection, which is then
+/// unsettled (`held.rs`): settling closes it, which rolls the transaction back.
 async fn append_once(
     conn: &mut SqliteConnection,
     chain_id: &str,
     drafts: &[Draft],
     payloads: &[&Payload],
 ) -> Result<Attempt, StoreError> {
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
+    let head = sqlx::query_as(
+        "BEGIN IMMEDIATE; SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(chain_id)
+    .fetch_optional(&mut *conn)
+    .await;
+    let head: Option<(i64, String)> = match head {
+        Ok(head) => head,
         Err(error) if is_busy(&error) => return Ok(Attempt::LockBusy(error)),
-        Err(error) => return Err(error.into()),
+        Err(error) => {
+            roll_back(conn).await;
+            return Err(error.into());
+        }
     };
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1")
-            .bind(chain_id)
-            .fetch_optional(&mut *tx)
-            .await?;
     let events = seal_after(chain_id, head, drafts);
-    let mut sealed = (events.as_slice(), drafts);
-    while !sealed.0.is_empty() {
-        let n = sealed.0.len().min(MAX_ROWS_PER_INSERT);
-        let mut insert = QueryBuilder::new("");
-        push_insert_events(&mut insert, &sealed.0[..n], &sealed.1[..n]);
-        insert.build().execute(&mut *tx).await?;
-        sealed = (&sealed.0[n..], &sealed.1[n..]);
-    }
-    // One statement for many bodies: every statement is a hop to sqlx's worker thread for the
-    // connection, and a batch under load carries a hundred bodies.
     let created_at = now();
-    for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::new("");
-        push_insert_payloads(&mut insert, chunk, &created_at);
-        insert.build().execute(&mut *tx).await?;
+    let mut script = QueryBuilder::new("");
+    push_inserts_and_commit(&mut script, &events, drafts, payloads, &created_at);
+    if let Err(error) = script.build().execute(&mut *conn).await {
+        roll_back(conn).await;
+        return Err(error.into());
     }
-    tx.commit().await?;
     Ok(Attempt::Appended(events))
+}
+
+/// Ends the transaction a script left open when it stopped part-way; whether that worked (it
+/// fails when there is none: the script failed at its BEGIN, or SQLite rolled back itself).
+async fn roll_back(conn: &mut SqliteConnection) -> bool {
+    sqlx::query("ROLLBACK").execute(conn).await.is_ok()
+}
+
+/// Pushes onto a script whose transaction is open the inserts of `events` (sealed from `drafts`
+/// in step) and of `payloads`, then `COMMIT`. SQLite's limit on bound parameters is per
+/// statement, and sqlx binds a script's arguments statement by statement, so a batch of any
+/// size is one script.
+fn push_inserts_and_commit<'a>(
+    script: &mut QueryBuilder<'a, Sqlite>,
+    events: &'a [Event],
+    drafts: &'a [Draft],
+    payloads: &[&'a Payload],
+    created_at: &'a str,
+) {
+    let rows = events.chunks(MAX_ROWS_PER_INSERT).zip(drafts.chunks(MAX_ROWS_PER_INSERT));
+    for (events, drafts) in rows {
+        push_insert_events(script, events, drafts);
+        script.push("; ");
+    }
+    for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
+        push_insert_payloads(script, chunk, created_at);
+        script.push("; ");
+    }
+    script.push("COMMIT");
 }
 
 /// `INSERT INTO events` of `events`, sealed from `drafts` in step. `data` is stored as the
