@@ -351,9 +351,18 @@ async fn a_refused_append_leaves_the_ledger_writable(ledger: TestLedger) {
     );
     let last = [tool_call("c4", "echo", json!({}))];
     assert_eq!(store.append(DEFAULT_CHAIN, &last).await.expect("appends again")[0].seq, 3);
+    // The same from a store that has not appended yet, so reads the head under the lock first.
+    let fresh = mcp_ledger::store::open(&ledger.url, &options).await.unwrap();
+    fresh.append(DEFAULT_CHAIN, &again).await.expect_err("event ids are unique");
+    let after = [tool_call("c5", "echo", json!({}))];
+    assert_eq!(
+        other.append(DEFAULT_CHAIN, &after).await.expect("another process appends")[0].seq,
+        4
+    );
     let events = all_events(&store).await;
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(verify_all(&events).intact());
+    fresh.close().await;
     other.close().await;
     store.close().await;
 }
