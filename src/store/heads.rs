@@ -10,12 +10,23 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::record::Event;
+use super::{StoreError, seal_after};
+use crate::record::{Draft, Event};
 
 /// How long guessing stays off after a lost race: other processes are appending too, and
 /// their heads would keep invalidating ours, so the store serialises on its lock instead of
 /// wasting round trips.
 const CONTENTION_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How an append by the guessed head went.
+pub(super) enum FastPath {
+    Appended,
+    /// The guess was stale: another process extended the chain, and nothing was written.
+    LostRace,
+    /// Not attempted after all (SQLite: another process held the write lock); nothing written.
+    Skipped,
+    Failed(StoreError),
+}
 
 #[derive(Default)]
 pub(super) struct HeadCache {
@@ -24,9 +35,45 @@ pub(super) struct HeadCache {
 }
 
 impl HeadCache {
+    /// Appends `drafts` to `chain_id`: by `fast`, sealed after the head this process committed
+    /// last, when it knows that head and has not seen another process append lately; otherwise,
+    /// or when `fast` lost the race or was skipped, by `locked`, which reads the head under the
+    /// chain's lock and seals after it. Either way the head is remembered, or forgotten when the
+    /// append failed.
+    pub(super) async fn append<C>(
+        &self,
+        conn: &mut C,
+        chain_id: &str,
+        drafts: &[Draft],
+        fast: impl AsyncFnOnce(&mut C, &[Event]) -> FastPath,
+        locked: impl AsyncFnOnce(&mut C) -> Result<Vec<Event>, StoreError>,
+    ) -> Result<Vec<Event>, StoreError> {
+        if let Some(head) = self.guess(chain_id) {
+            let events = seal_after(chain_id, Some(head), drafts);
+            match fast(conn, &events).await {
+                FastPath::Appended => {
+                    self.remember(chain_id, &events);
+                    return Ok(events);
+                }
+                FastPath::LostRace => self.lost_race(),
+                FastPath::Skipped => {}
+                FastPath::Failed(error) => {
+                    self.forget(chain_id);
+                    return Err(error);
+                }
+            }
+        }
+        let appended = locked(conn).await;
+        match &appended {
+            Ok(events) => self.remember(chain_id, events),
+            Err(_) => self.forget(chain_id),
+        }
+        appended
+    }
+
     /// The head of `chain_id` to extend without reading it, unless another process was seen
     /// appending lately.
-    pub(super) fn guess(&self, chain_id: &str) -> Option<(i64, String)> {
+    fn guess(&self, chain_id: &str) -> Option<(i64, String)> {
         let contended =
             self.contended_until.lock().expect("lock").is_some_and(|until| Instant::now() < until);
         if contended {
@@ -36,7 +83,7 @@ impl HeadCache {
     }
 
     /// `events` were committed at the end of their chain.
-    pub(super) fn remember(&self, chain_id: &str, events: &[Event]) {
+    fn remember(&self, chain_id: &str, events: &[Event]) {
         if let Some(last) = events.last() {
             self.heads
                 .lock()
@@ -46,12 +93,12 @@ impl HeadCache {
     }
 
     /// An append failed in a way that says nothing about the head: read it next time.
-    pub(super) fn forget(&self, chain_id: &str) {
+    fn forget(&self, chain_id: &str) {
         self.heads.lock().expect("lock").remove(chain_id);
     }
 
     /// A guessed head turned out to be stale: another process extended the chain.
-    pub(super) fn lost_race(&self) {
+    fn lost_race(&self) {
         *self.contended_until.lock().expect("lock") = Some(Instant::now() + CONTENTION_BACKOFF);
     }
 }

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 
-use super::heads::HeadCache;
+use super::heads::{FastPath, HeadCache};
 use super::held::{BackendId, HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
@@ -198,45 +198,36 @@ impl PostgresStore {
         drafts: &[Draft],
     ) -> Result<Vec<Event>, StoreError> {
         let payloads = unique_payloads(drafts);
-        if let Some(head) = self.heads.guess(chain_id) {
-            // Fast path: extend the head this process wrote last, in one autocommitted statement
-            // (one round trip) that takes the chain's lock before inserting. If another process
-            // extended the chain meanwhile, the primary key refuses our seq and nothing was
-            // written; then take the locked path.
-            let events = seal_after(chain_id, Some(head), drafts);
-            match insert_rows(chain_id, &events, drafts, &payloads).execute(&mut *conn).await {
-                Ok(_) => {
-                    self.heads.remember(chain_id, &events);
-                    return Ok(events);
-                }
-                Err(error) if is_lost_race(&error) => self.heads.lost_race(),
-                Err(error) => {
-                    self.heads.forget(chain_id);
-                    return Err(error.into());
-                }
-            }
-        }
-        let mut attempts = 0;
-        loop {
-            match Self::append_locked(conn, chain_id, drafts, &payloads).await {
-                Ok(events) => {
-                    self.heads.remember(chain_id, &events);
-                    return Ok(events);
-                }
-                // Under the chain's lock no other writer can take our seq; what is left is a
-                // deadlock with another chain's writer, which Postgres breaks by rolling one of
-                // us back.
-                Err(StoreError::Database(error))
-                    if is_lost_race(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
-                {
-                    attempts += 1;
-                }
-                Err(error) => {
-                    self.heads.forget(chain_id);
-                    return Err(error);
+        // Fast path: extend the head this process wrote last, in one autocommitted statement
+        // (one round trip) that takes the chain's lock before inserting. If another process
+        // extended the chain meanwhile, the primary key refuses our seq and nothing is written.
+        let fast = async |conn: &mut PgConnection, events: &[Event]| match insert_rows(
+            chain_id, events, drafts, &payloads,
+        )
+        .execute(&mut *conn)
+        .await
+        {
+            Ok(_) => FastPath::Appended,
+            Err(error) if is_lost_race(&error) => FastPath::LostRace,
+            Err(error) => FastPath::Failed(error.into()),
+        };
+        let locked = async |conn: &mut PgConnection| {
+            let mut attempts = 0;
+            loop {
+                match Self::append_locked(conn, chain_id, drafts, &payloads).await {
+                    // Under the chain's lock no other writer can take our seq; what is left is
+                    // a deadlock with another chain's writer, which Postgres breaks by rolling
+                    // one of us back.
+                    Err(StoreError::Database(error))
+                        if is_lost_race(&error) && attempts < MAX_LOCKED_ATTEMPTS =>
+                    {
+                        attempts += 1;
+                    }
+                    appended => return appended,
                 }
             }
-        }
+        };
+        self.heads.append(conn, chain_id, drafts, fast, locked).await
     }
 }
 

@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
-use super::heads::HeadCache;
+use super::heads::{FastPath, HeadCache};
 use super::held::{HeldConnection, Unsettled};
 use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
@@ -135,8 +135,8 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
 }
 
 impl SqliteStore {
-    /// The fast path when this process knows the head; the locked path otherwise, or when the
-    /// guessed head was stale.
+    /// The fast path when this process knows the head: one script that extends it; the locked
+    /// path otherwise, or when the guessed head was stale.
     async fn append_on(
         &self,
         conn: &mut SqliteConnection,
@@ -144,40 +144,28 @@ impl SqliteStore {
         drafts: &[Draft],
     ) -> Result<Vec<Event>, StoreError> {
         let payloads = unique_payloads(drafts);
-        if let Some(head) = self.heads.guess(chain_id) {
-            let events = seal_after(chain_id, Some(head), drafts);
+        let fast = async |conn: &mut SqliteConnection, events: &[Event]| {
             let created_at = now();
             let mut script = QueryBuilder::new("BEGIN IMMEDIATE; ");
-            push_inserts_and_commit(&mut script, &events, drafts, &payloads, &created_at);
+            push_inserts_and_commit(&mut script, events, drafts, &payloads, &created_at);
             match script.build().execute(&mut *conn).await {
-                Ok(_) => {
-                    self.heads.remember(chain_id, &events);
-                    return Ok(events);
-                }
+                Ok(_) => FastPath::Appended,
                 // The script's BEGIN IMMEDIATE could not take the write lock, so nothing was
                 // begun: the locked path waits for the lock.
-                Err(error) if is_busy(&error) => {}
-                // The script stopped after its BEGIN; rolled back, a lost race can go on on
+                Err(error) if is_busy(&error) => FastPath::Skipped,
+                // The script stopped after its BEGIN. Rolled back here, the write lock is let
+                // go now, not when the connection is settled, and a lost race can go on on
                 // this connection.
-                Err(error) => {
-                    if !(roll_back(conn).await && is_lost_race(&error)) {
-                        self.heads.forget(chain_id);
-                        return Err(error.into());
-                    }
-                    self.heads.lost_race();
-                }
+                Err(error) => match (roll_back(conn).await, is_lost_race(&error)) {
+                    (true, true) => FastPath::LostRace,
+                    _ => FastPath::Failed(error.into()),
+                },
             }
-        }
-        match append_locked(conn, chain_id, drafts, &payloads, self.lock_timeout).await {
-            Ok(events) => {
-                self.heads.remember(chain_id, &events);
-                Ok(events)
-            }
-            Err(error) => {
-                self.heads.forget(chain_id);
-                Err(error)
-            }
-        }
+        };
+        let locked = async |conn: &mut SqliteConnection| {
+            append_locked(conn, chain_id, drafts, &payloads, self.lock_timeout).await
+        };
+        self.heads.append(conn, chain_id, drafts, fast, locked).await
     }
 }
 
