@@ -113,8 +113,9 @@ impl<C: AppendConnection> HeldConnection<C> {
     }
 
     /// Runs `append` on the held connection, or, while another append is using it (another
-    /// chain's writer, or an append outside the writer), on one taken out of `pool`. The connection of an append that fails or is dropped before it
-    /// finished becomes [`Unsettled`]; a new one is opened for the next append.
+    /// chain's writer, or an append outside the writer), on one taken out of `pool`. The
+    /// connection of an append that fails or is dropped before it finished becomes
+    /// [`Unsettled`]; a new one is opened for the next append.
     pub(super) async fn append<T>(
         &self,
         pool: &Pool<C::Database>,

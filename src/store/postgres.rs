@@ -201,15 +201,13 @@ impl PostgresStore {
         // Fast path: extend the head this process wrote last, in one autocommitted statement
         // (one round trip) that takes the chain's lock before inserting. If another process
         // extended the chain meanwhile, the primary key refuses our seq and nothing is written.
-        let fast = async |conn: &mut PgConnection, events: &[Event]| match insert_rows(
-            chain_id, events, drafts, &payloads,
-        )
-        .execute(&mut *conn)
-        .await
-        {
-            Ok(_) => FastPath::Appended,
-            Err(error) if is_lost_race(&error) => FastPath::LostRace,
-            Err(error) => FastPath::Failed(error.into()),
+        let fast = async |conn: &mut PgConnection, events: &[Event]| {
+            let inserted = insert_rows(chain_id, events, drafts, &payloads).execute(conn).await;
+            match inserted {
+                Ok(_) => FastPath::Appended,
+                Err(error) if is_lost_race(&error) => FastPath::LostRace,
+                Err(error) => FastPath::Failed(error.into()),
+            }
         };
         let locked = async |conn: &mut PgConnection| {
             let mut attempts = 0;
