@@ -205,6 +205,12 @@ async fn metrics_count_real_calls_by_decision_and_outcome_holds_commits_and_pii(
     assert_eq!(value(&after, "mcp_ledger_holds_total", &waiting), 1.0, "{text}");
     let duration = [("server", DEMO), ("method", "tools/call")];
     assert_eq!(value(&after, "mcp_ledger_call_duration_seconds_count", &duration), 5.0);
+    // Only the three calls that were forwarded were with the upstream, each for part of its
+    // time in the proxy.
+    assert_eq!(value(&after, "mcp_ledger_upstream_duration_seconds_count", &duration), 3.0);
+    let upstream = value(&after, "mcp_ledger_upstream_duration_seconds_sum", &duration);
+    let in_proxy = value(&after, "mcp_ledger_call_duration_seconds_sum", &duration);
+    assert!(upstream > 0.0 && upstream < in_proxy, "upstream {upstream} s of {in_proxy} s\n{text}");
 
     // The group-commit writer's histograms have every commit of the session.
     let commits = value(&after, "mcp_ledger_commit_duration_seconds_count", &[]);

@@ -78,6 +78,8 @@ pub struct OpenCall {
     tool: Option<String>,
     request_id: String,
     started: Instant,
+    /// When the relay handed the request on to its peer; see [`OpenCall::forwarded`].
+    forwarded: Option<Instant>,
     /// Set when an operator approved the held call: recorded with its result.
     authorized_by: Option<String>,
     /// `sha256:` of the arguments (tool calls) or params: what an approval binds to.
@@ -142,6 +144,18 @@ impl OpenCall {
     /// The request's span, from the moment the relay read it.
     pub fn span(&self) -> &tracing::Span {
         self.trace.span()
+    }
+
+    /// The relay hands the request on to its peer now.
+    pub fn forwarded(&mut self) {
+        self.forwarded = Some(Instant::now());
+    }
+
+    /// The upstream answered the request: how long it had it goes to the metrics.
+    pub fn answered_by_upstream(&self) {
+        if let Some(forwarded) = self.forwarded {
+            self.trace.upstream_answered(forwarded.elapsed());
+        }
     }
 }
 
@@ -300,6 +314,7 @@ impl SessionRecorder {
             tool: tool.clone(),
             request_id: request_id.to_owned(),
             started: Instant::now(),
+            forwarded: None,
             authorized_by: None,
             input_ref: body.reference.clone(),
             input_pii: body.patterns.clone(),

@@ -109,7 +109,8 @@ impl Shared {
     }
 
     /// Registers a forwarded call as waiting for its response, with its timeout.
-    fn open(self: &Arc<Self>, direction: Direction, id: &RawValue, call: OpenCall) {
+    fn open(self: &Arc<Self>, direction: Direction, id: &RawValue, mut call: OpenCall) {
+        call.forwarded();
         if let Some(limit) = self.call_timeout {
             let call_id = call.call_id.clone();
             tokio::spawn(expire_call(
@@ -489,6 +490,9 @@ fn plan_message(
                 return Some(async { Outcome::default() }.boxed());
             }
             let call = shared.open_calls(requester).lock().expect("lock").remove(&key)?;
+            if requester == Direction::FromAgent {
+                call.answered_by_upstream();
+            }
             let span = call.span().clone();
             let shared = shared.clone();
             let id = id.to_owned();

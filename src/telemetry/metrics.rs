@@ -76,6 +76,7 @@ pub struct Metrics {
     registry: Registry,
     pub(super) calls: Family<CallLabels, Counter>,
     pub(super) call_duration: Histograms<MethodLabels>,
+    pub(super) upstream_duration: Histograms<MethodLabels>,
     pub(super) holds_waiting: Family<HoldLabels, Gauge>,
     pub(super) holds: Family<HoldLabels, Counter>,
     commit_duration: Histogram,
@@ -92,6 +93,11 @@ pub struct Metrics {
 /// Call durations: 1 ms to about 30 s, doubling (a held call waits longer and lands in +Inf).
 fn call_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Upstream answers: 0.1 ms to about 52 s, doubling (a tool can take long; most answer in ms).
+fn upstream_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
 /// The process's metrics, registered on first use.
@@ -121,6 +127,7 @@ impl Metrics {
             registry: Registry::default(),
             calls: Family::default(),
             call_duration: Family::new_with_constructor(call_buckets),
+            upstream_duration: Family::new_with_constructor(upstream_buckets),
             holds_waiting: Family::default(),
             holds: Family::default(),
             // 0.1 ms to about 3 s, doubling: a healthy commit is well under 10 ms.
@@ -146,6 +153,13 @@ impl Metrics {
             "Time from reading a recorded request to committing its result",
             Unit::Seconds,
             metrics.call_duration.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time a recorded request from the agent spent with the upstream: from being handed on \
+             (its call committed) to its response being read; the upstream's share of call_duration",
+            Unit::Seconds,
+            metrics.upstream_duration.clone(),
         );
         registry.register(
             "holds_waiting",

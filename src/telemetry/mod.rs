@@ -20,7 +20,7 @@ pub mod spans;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
@@ -170,6 +170,13 @@ impl CallTrace {
     pub fn decided(&mut self, decision: Decision) {
         self.decision = decision;
         self.span.record("mcp_ledger.decision", decision.as_str());
+    }
+
+    /// The upstream answered the request `waited` after it was handed on.
+    pub fn upstream_answered(&self, waited: Duration) {
+        let labels =
+            MethodLabels { server: self.session.server.clone(), method: self.method.clone() };
+        metrics().upstream_duration.get_or_create(&labels).observe(waited.as_secs_f64());
     }
 
     /// The events that end the request are committed: counts the call by its outcome (the

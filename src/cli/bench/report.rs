@@ -268,6 +268,11 @@ impl Report {
                  over the measured rounds, serve: columns from its /metrics over its whole life)"
             );
             println!("{}", self.group_commit_table());
+            println!(
+                "\nWhere a recorded call's time goes in serve (means over its life, from its /metrics; \
+                 rest = call in proxy - upstream - two append waits)"
+            );
+            println!("{}", self.stages_table());
         }
         if !self.idle.is_empty() {
             println!("\nIdle sessions (serve's resident memory)");
@@ -437,6 +442,36 @@ impl Report {
             ]);
         }
         align_right(&mut table, 2..13);
+        table
+    }
+
+    fn stages_table(&self) -> Table {
+        let mut table = table([
+            "sessions",
+            "ledger",
+            "added p50 ms",
+            "call in proxy ms",
+            "two append waits ms",
+            "upstream ms",
+            "rest ms",
+        ]);
+        for (s, row) in self.rows() {
+            if s.transport != Transport::Http || row.outcome.mode == Mode::Direct {
+                continue;
+            }
+            table.add_row([
+                s.sessions.to_string(),
+                row.outcome.mode.label().to_owned(),
+                row.vs_direct
+                    .map(|a| format!("{:+.3}", a.added_p50_ms))
+                    .unwrap_or_else(|| "-".into()),
+                stage(row, |t| format!("{:.3}", t.call_in_proxy_ms)),
+                stage(row, |t| format!("{:.3}", 2.0 * t.append_wait_ms)),
+                stage(row, |t| format!("{:.3}", t.upstream_ms)),
+                stage(row, |t| format!("{:.3}", t.rest_ms)),
+            ]);
+        }
+        align_right(&mut table, 2..7);
         table
     }
 

@@ -1,8 +1,9 @@
 //! The stage timings `serve` measures itself, read from its `GET /metrics` (OpenMetrics text):
 //! how long the writer's commits took, how many events each carried, how long an append waited
-//! for its commit (the batch in flight ahead of it, then its own), and how long a recorded
-//! call took inside the proxy from reading the request to committing the result. Over the whole
-//! life of the process (warm-up and session events included), which is what the counters hold.
+//! for its commit (the batch in flight ahead of it, then its own), how long a recorded call took
+//! inside the proxy from reading the request to committing the result, and how much of that the
+//! upstream had it. Over the whole life of the process (warm-up and session events included),
+//! which is what the counters hold.
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -21,6 +22,13 @@ pub struct StageTimings {
     /// Mean time from reading a recorded request to committing its result, in milliseconds:
     /// the call commit, the upstream's answer and the result commit.
     pub call_in_proxy_ms: f64,
+    /// Mean time a recorded call spent with the upstream, from being handed on to its response
+    /// being read, in milliseconds.
+    pub upstream_ms: f64,
+    /// What is left of `call_in_proxy_ms` after the upstream and two append waits: the proxy's
+    /// own work on the call (parsing, policy, building and sealing events, HTTP on both sides)
+    /// and the time the call's tasks waited for the proxy's thread.
+    pub rest_ms: f64,
 }
 
 /// Reads `serve`'s metrics; `endpoint` is its MCP endpoint (`http://ADDR/mcp/NAME`).
@@ -50,7 +58,7 @@ fn parse(text: &str) -> StageTimings {
     };
     let mean = |total: f64, count: f64| if count > 0.0 { total / count } else { 0.0 };
     let commits = sum("mcp_ledger_commit_duration_seconds_count");
-    StageTimings {
+    let mut timings = StageTimings {
         commit_ms: mean(sum("mcp_ledger_commit_duration_seconds_sum") * 1e3, commits),
         commit_batch: mean(
             sum("mcp_ledger_commit_batch_size_sum"),
@@ -65,7 +73,14 @@ fn parse(text: &str) -> StageTimings {
             sum("mcp_ledger_call_duration_seconds_sum") * 1e3,
             sum("mcp_ledger_call_duration_seconds_count"),
         ),
-    }
+        upstream_ms: mean(
+            sum("mcp_ledger_upstream_duration_seconds_sum") * 1e3,
+            sum("mcp_ledger_upstream_duration_seconds_count"),
+        ),
+        rest_ms: 0.0,
+    };
+    timings.rest_ms = timings.call_in_proxy_ms - timings.upstream_ms - 2.0 * timings.append_wait_ms;
+    timings
 }
 
 #[cfg(test)]
@@ -87,6 +102,8 @@ mcp_ledger_call_duration_seconds_sum{server=\"a\",outcome=\"ok\"} 1.0
 mcp_ledger_call_duration_seconds_count{server=\"a\",outcome=\"ok\"} 300
 mcp_ledger_call_duration_seconds_sum{server=\"b\",outcome=\"ok\"} 2.0
 mcp_ledger_call_duration_seconds_count{server=\"b\",outcome=\"ok\"} 700
+mcp_ledger_upstream_duration_seconds_sum{server=\"a\",method=\"tools/call\"} 0.5
+mcp_ledger_upstream_duration_seconds_count{server=\"a\",method=\"tools/call\"} 1000
 # EOF
 ";
         let t = parse(text);
@@ -95,5 +112,7 @@ mcp_ledger_call_duration_seconds_count{server=\"b\",outcome=\"ok\"} 700
         assert_eq!(t.commit_batch, 4.0);
         assert_eq!(t.append_wait_ms, 5.0);
         assert_eq!(t.call_in_proxy_ms, 3.0);
+        assert_eq!(t.upstream_ms, 0.5);
+        assert_eq!(t.rest_ms, 3.0 - 0.5 - 2.0 * 5.0);
     }
 }
