@@ -94,8 +94,15 @@ impl SqliteStore {
         // The appender waits for the write lock in `append_on`, not in SQLite's busy handler. The
         // pragma runs after the connection's others (journal mode included), which still get the
         // whole lock timeout.
-        let appender =
-            HeldConnection::new(connect.pragma("busy_timeout", "0"), options.lock_timeout);
+        //
+        // Its statement journal stays in memory (`temp_store`): a batch's INSERT copies every page
+        // it changes there (its rows call JSON functions, so SQLite keeps a way to undo the
+        // statement alone), and past 64 KiB (batches of 8 events and more, nearly always) SQLite
+        // would spill it to a temporary file created, written and deleted for every batch.
+        let appender = HeldConnection::new(
+            connect.pragma("busy_timeout", "0").pragma("temp_store", "MEMORY"),
+            options.lock_timeout,
+        );
         let store = SqliteStore {
             pool,
             appender,
