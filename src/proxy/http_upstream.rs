@@ -43,13 +43,13 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use reqwest::Url;
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
-};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, BufReader, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 
 use client::{Signal, Upstream, error_chain};
@@ -161,10 +161,9 @@ pub fn http_upstream(
     config: HttpUpstreamConfig,
 ) -> (impl AsyncBufRead + Unpin + Send + 'static, impl AsyncWrite + Unpin + Send + 'static) {
     let (to_upstream, input) = tokio::io::duplex(PIPE_BUFFER);
-    let (output, from_upstream) = tokio::io::duplex(PIPE_BUFFER);
     let (lines, outbox) = mpsc::channel(EMIT_QUEUE);
     let close = CancellationToken::new();
-    tokio::spawn(emit_lines(outbox, output, close.clone()));
+    let from_upstream = emitted_lines(outbox, close.clone());
     match Upstream::new(&config, lines) {
         Ok(upstream) => {
             tokio::spawn(run(Arc::new(upstream), input, close));
@@ -174,7 +173,7 @@ pub fn http_upstream(
             close.cancel();
         }
     }
-    (BufReader::new(from_upstream), to_upstream)
+    (from_upstream, to_upstream)
 }
 
 /// Reads the agent's lines and sends each on in order; then winds the session down.
@@ -242,30 +241,24 @@ async fn run(up: Arc<Upstream>, input: DuplexStream, close: CancellationToken) {
     close.cancel();
 }
 
-/// Writes emitted lines to the reader half, whole and in the order queued; ends it on `close`.
-async fn emit_lines(
-    mut outbox: mpsc::Receiver<Vec<u8>>,
-    mut out: DuplexStream,
+/// The reader half: the emitted lines, whole and in the order queued, read straight from the
+/// queue (no task and no pipe in between, so a response reaches the relay one hand-off sooner);
+/// it ends once `close` fires and what was queued before is read. A reader dropped early drops
+/// the queue with it, so no producer blocks on a full one.
+fn emitted_lines(
+    outbox: mpsc::Receiver<Vec<u8>>,
     close: CancellationToken,
-) {
-    let mut open = true;
-    loop {
-        let next = tokio::select! {
+) -> impl AsyncBufRead + Unpin + Send + 'static {
+    let lines = futures::stream::unfold((outbox, close), |(mut outbox, close)| async move {
+        let line = tokio::select! {
             biased;
             line = outbox.recv() => line,
-            _ = close.cancelled() => None,
+            _ = close.cancelled() => {
+                outbox.close();
+                outbox.recv().await
+            }
         };
-        let Some(line) = next else { break };
-        // Once the reader is gone, keep draining so that no producer blocks.
-        if open && out.write_all(&line).await.is_err() {
-            open = false;
-        }
-    }
-    outbox.close();
-    while let Ok(line) = outbox.try_recv() {
-        if open && out.write_all(&line).await.is_err() {
-            open = false;
-        }
-    }
-    let _ = out.shutdown().await;
+        line.map(|line| (Ok::<_, std::io::Error>(Bytes::from(line)), (outbox, close)))
+    });
+    StreamReader::new(Box::pin(lines))
 }
