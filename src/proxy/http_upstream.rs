@@ -1,8 +1,8 @@
 //! A remote MCP server reached over Streamable HTTP (spec revisions 2025-03-26, 2025-06-18 and
-//! 2025-11-25), exposed to the relay as the same newline-delimited JSON-RPC pipe a child
-//! process gives.
+//! 2025-11-25), exposed to the relay as lines: it reads the upstream's messages as the same
+//! newline-delimited JSON-RPC a child process writes, and puts the agent's in a queue of lines.
 //!
-//! Each line the relay writes is POSTed as its exact bytes (without the line ending), with the
+//! Each line the relay queues is POSTed as its exact bytes (without the line ending), with the
 //! configured headers, the session id the server assigned in the response to `initialize`, and
 //! the protocol version read from the initialize result. What answers it comes out of the reader
 //! as lines: a JSON body as one line, an SSE stream as one line per message event, in order.
@@ -29,7 +29,7 @@
 //! event ids; otherwise its requests are answered with an error. Requests the agent cancelled
 //! (`notifications/cancelled`) are not answered in its stead.
 //!
-//! **Shutdown.** When the writer half is shut down (the agent left), what is in flight gets
+//! **Shutdown.** When the line queue is closed (the agent left), what is in flight gets
 //! [`SHUTDOWN_DRAIN`] to finish (as a child process gets to answer what it read before its stdin
 //! closed), then the session is ended with `DELETE` (a 405 is fine) and the reader ends.
 
@@ -46,12 +46,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use reqwest::Url;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, BufReader, DuplexStream};
+use tokio::io::AsyncBufRead;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 
+use super::lines::{LineOutbox, LineQueue, line_queue};
 use client::{Signal, Upstream, error_chain};
 use exchange::{Outgoing, exchange, listen};
 
@@ -64,7 +65,6 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// How long the next line waits for the server to accept a notification or response.
 const ACCEPT_WAIT: Duration = Duration::from_secs(5);
 
-const PIPE_BUFFER: usize = 256 << 10;
 const EMIT_QUEUE: usize = 256;
 
 /// How to reach one Streamable HTTP MCP server.
@@ -154,13 +154,13 @@ fn host_label(url: &Url) -> String {
 }
 
 /// Connects lazily (nothing is sent until the first line) and returns the two pipe ends for
-/// [`relay`](crate::proxy::relay::relay): the lines the upstream sends, and a writer that takes
-/// lines for it. Shutting the writer down ends the session. Must be called inside a Tokio
-/// runtime: the exchange runs in background tasks.
+/// [`relay`](crate::proxy::relay::relay): the lines the upstream sends, and a queue that takes
+/// lines for it. Closing the queue (or dropping every sender) ends the session. Must be called
+/// inside a Tokio runtime: the exchange runs in background tasks.
 pub fn http_upstream(
     config: HttpUpstreamConfig,
-) -> (impl AsyncBufRead + Unpin + Send + 'static, impl AsyncWrite + Unpin + Send + 'static) {
-    let (to_upstream, input) = tokio::io::duplex(PIPE_BUFFER);
+) -> (impl AsyncBufRead + Unpin + Send + 'static, LineQueue) {
+    let (to_upstream, input) = line_queue();
     let (lines, outbox) = mpsc::channel(EMIT_QUEUE);
     let close = CancellationToken::new();
     let from_upstream = emitted_lines(outbox, close.clone());
@@ -176,29 +176,19 @@ pub fn http_upstream(
     (from_upstream, to_upstream)
 }
 
-/// Reads the agent's lines and sends each on in order; then winds the session down.
-async fn run(up: Arc<Upstream>, input: DuplexStream, close: CancellationToken) {
-    let mut input = BufReader::new(input);
+/// Takes the agent's lines and sends each on in order; then winds the session down.
+async fn run(up: Arc<Upstream>, mut input: LineOutbox, close: CancellationToken) {
     let mut tasks = JoinSet::new();
     let mut listener = None;
     let mut listen_after_next = false;
-    let mut line = Vec::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        line.clear();
-        let read = tokio::select! {
+        let line = tokio::select! {
             biased;
             _ = up.expired.cancelled() => break,
-            read = input.read_until(b'\n', &mut line) => read,
+            line = input.next() => line,
         };
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "reading the messages for the upstream failed");
-                break;
-            }
-        }
+        let Some(line) = line else { break };
         let Some(msg) = Outgoing::parse(&line) else { continue };
         let initialize = msg.initialize.is_some();
         up.note_cancelled(msg.cancels.iter().cloned());

@@ -6,6 +6,7 @@
 pub mod http_server;
 pub mod http_upstream;
 pub mod jsonrpc;
+pub mod lines;
 pub mod relay;
 pub mod shared_upstream;
 pub mod stdio;

@@ -14,12 +14,13 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt, join_all};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, Span};
 
 use super::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
+use super::lines::LineSink;
 use crate::intercept::{
     Admission, Completion, Delivery, Direction, HoldOutcome, OpenCall, PendingHold,
     PendingResultHold, SessionRecorder,
@@ -33,8 +34,8 @@ pub const LEDGER_UNAVAILABLE: i64 = -32000;
 /// JSON-RPC error code for a call the upstream will never answer because it went away.
 pub const UPSTREAM_GONE: i64 = -32001;
 
-/// Lines waiting to be written to one peer.
-const OUTBOX_DEPTH: usize = 1024;
+/// Steps waiting for a direction's forwarder.
+const STEP_DEPTH: usize = 1024;
 
 /// How a relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,42 +139,42 @@ impl Shared {
 ///
 /// When the agent closes first, the upstream's input is closed and the upstream gets `grace` to
 /// finish what it is still sending.
-pub async fn relay<AR, AW, UR, UW>(
+pub async fn relay<AR, UR>(
     recorder: SessionRecorder,
     agent_in: AR,
-    agent_out: AW,
+    agent_out: LineSink,
     up_in: UR,
-    up_out: UW,
+    up_out: LineSink,
     grace: Duration,
 ) -> RelayEnd
 where
     AR: AsyncBufRead + Unpin + Send + 'static,
-    AW: AsyncWrite + Unpin + Send + 'static,
     UR: AsyncBufRead + Unpin + Send + 'static,
-    UW: AsyncWrite + Unpin + Send + 'static,
 {
     let options = RelayOptions { grace, call_timeout: None };
     relay_with(options, recorder, agent_in, agent_out, up_in, up_out).await
 }
 
 /// [`relay`] with every option.
-pub async fn relay_with<AR, AW, UR, UW>(
+pub async fn relay_with<AR, UR>(
     options: RelayOptions,
     recorder: SessionRecorder,
     agent_in: AR,
-    agent_out: AW,
+    agent_out: LineSink,
     up_in: UR,
-    up_out: UW,
+    up_out: LineSink,
 ) -> RelayEnd
 where
     AR: AsyncBufRead + Unpin + Send + 'static,
-    AW: AsyncWrite + Unpin + Send + 'static,
     UR: AsyncBufRead + Unpin + Send + 'static,
-    UW: AsyncWrite + Unpin + Send + 'static,
 {
     let grace = options.grace;
-    let (to_agent, agent_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
-    let (to_upstream, upstream_outbox) = mpsc::channel::<Vec<u8>>(OUTBOX_DEPTH);
+    let (agent_queue, agent_writer) = agent_out.into_queue();
+    let (upstream_queue, upstream_writer) = up_out.into_queue();
+    // The agent's queue ends when the relay and its tasks let go of it; the upstream's is
+    // closed when the agent leaves, which is how the upstream learns the session is over.
+    let to_agent = agent_queue.lines;
+    let to_upstream = upstream_queue.lines.clone();
     let shared = Arc::new(Shared {
         recorder,
         call_timeout: options.call_timeout,
@@ -187,10 +188,6 @@ where
         protocol_version: OnceLock::new(),
     });
     let _open = shared.recorder.telemetry().opened();
-    let (close_upstream, upstream_closing) = oneshot::channel();
-    let agent_writer = tokio::spawn(write_lines(agent_outbox, agent_out, None));
-    let upstream_writer =
-        tokio::spawn(write_lines(upstream_outbox, up_out, Some(upstream_closing)));
 
     let mut from_agent = tokio::spawn(pump(
         Direction::FromAgent,
@@ -215,7 +212,7 @@ where
         RelayEnd::AgentClosed => {
             // Closing its input is how a stdio server learns the session is over; everything the
             // agent sent has been passed on by now.
-            let _ = close_upstream.send(());
+            upstream_queue.close();
             if tokio::time::timeout(grace, &mut from_upstream).await.is_err() {
                 tracing::warn!(?grace, "upstream did not close after the agent left");
                 from_upstream.abort();
@@ -223,7 +220,10 @@ where
         }
         RelayEnd::UpstreamClosed => {
             from_agent.abort();
-            upstream_writer.abort();
+            match upstream_writer {
+                Some(writer) => writer.abort(),
+                None => upstream_queue.close(),
+            }
         }
     }
 
@@ -253,7 +253,9 @@ where
         tracing::error!(%error, "could not record session_end");
     }
     drop(to_agent);
-    let _ = agent_writer.await;
+    if let Some(writer) = agent_writer {
+        let _ = writer.await;
+    }
     end
 }
 
@@ -272,34 +274,6 @@ async fn settle_open_calls(shared: &Shared, reason: &str, error_type: &str) -> V
     from_agent.into_iter().map(|(_, call)| call.request_id().to_owned()).collect()
 }
 
-/// Writes queued lines to `out`. With `closing`, stops once that fires and the queue is empty.
-async fn write_lines<W: AsyncWrite + Unpin>(
-    mut outbox: mpsc::Receiver<Vec<u8>>,
-    mut out: W,
-    closing: Option<oneshot::Receiver<()>>,
-) {
-    let mut closing = closing;
-    loop {
-        let next = tokio::select! {
-            biased;
-            line = outbox.recv() => line,
-            _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => None,
-        };
-        let Some(mut line) = next else { break };
-        if line.last() != Some(&b'\n') {
-            line.push(b'\n');
-        }
-        if out.write_all(&line).await.is_err() {
-            break;
-        }
-        // Flush only when nothing else is queued, so bursts go out in one write.
-        if outbox.is_empty() && out.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = out.shutdown().await;
-}
-
 /// Reads lines from `sender`, and passes each on (or answers it) in arrival order.
 async fn pump<R: AsyncBufRead + Unpin + Send + 'static>(
     sender: Direction,
@@ -308,7 +282,7 @@ async fn pump<R: AsyncBufRead + Unpin + Send + 'static>(
     onward: mpsc::Sender<Vec<u8>>,
     back: mpsc::Sender<Vec<u8>>,
 ) {
-    let (steps, mut ordered) = mpsc::channel::<Step>(OUTBOX_DEPTH);
+    let (steps, mut ordered) = mpsc::channel::<Step>(STEP_DEPTH);
     let forwarder = tokio::spawn(async move {
         while let Some(step) = ordered.recv().await {
             let outcome = match step {

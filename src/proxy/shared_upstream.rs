@@ -1,6 +1,7 @@
 //! One upstream connection serving many downstream sessions (`shared = true`).
 //!
-//! Each session's relay talks to a virtual pipe; this module multiplexes them onto the real one.
+//! Each session's relay gets a queue of lines each way; this module multiplexes them onto the
+//! real pipe.
 //! Request ids and progress tokens are rewritten to values unique on the upstream connection and
 //! mapped back on the way out — the only bytes a shared upstream changes, and only inside the
 //! `id` and `progressToken` (and `requestId` of cancellations) values. The upstream is initialized
@@ -12,15 +13,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::StreamReader;
 
 use super::jsonrpc::{Envelope, Kind, id_key};
+use super::lines::{LineOutbox, LineSink, line_queue, without_line_end};
 use super::upstream::UpstreamPipe;
-
-const PIPE_BUFFER: usize = 1 << 20;
 
 /// A session's request as it is known upstream.
 struct Pending {
@@ -74,7 +78,9 @@ pub struct SharedUpstream {
 impl SharedUpstream {
     /// Takes over `pipe` and starts routing its lines.
     pub fn start(pipe: UpstreamPipe) -> Self {
-        let (to_upstream, mut outbox) = mpsc::channel::<Vec<u8>>(1024);
+        // Ends when the last session and the reader let go of `Inner`.
+        let (to_upstream, _writer) = pipe.writer.into_queue();
+        let to_upstream = to_upstream.lines;
         let (init_done, _) = watch::channel(0u64);
         let inner = Arc::new(Inner {
             to_upstream,
@@ -84,16 +90,6 @@ impl SharedUpstream {
             init_done,
             next: AtomicU64::new(1),
             alive: AtomicBool::new(true),
-        });
-        let mut writer = pipe.writer;
-        tokio::spawn(async move {
-            while let Some(mut line) = outbox.recv().await {
-                line.push(b'\n');
-                if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
-                    break;
-                }
-            }
-            let _ = writer.shutdown().await;
         });
         let reader_inner = inner.clone();
         let mut child = pipe.child;
@@ -124,28 +120,23 @@ impl SharedUpstream {
         self.inner.alive.load(Ordering::SeqCst)
     }
 
-    /// A virtual pipe for one more session.
+    /// The line queues of one more session.
     pub fn attach(&self) -> UpstreamPipe {
         let session = self.inner.next.fetch_add(1, Ordering::SeqCst);
-        let (relay_writer, mux_reader) = tokio::io::duplex(PIPE_BUFFER);
-        let (mux_writer, relay_reader) = tokio::io::duplex(PIPE_BUFFER);
-        let (to_session, mut session_outbox) = mpsc::channel::<Vec<u8>>(1024);
+        let (relay_writer, mux_reader) = line_queue();
+        let (to_session, session_outbox) = mpsc::channel::<Vec<u8>>(1024);
         self.inner.maps.lock().expect("lock").sessions.insert(session, to_session);
-        tokio::spawn(async move {
-            let mut writer = mux_writer;
-            while let Some(mut line) = session_outbox.recv().await {
-                line.push(b'\n');
-                if writer.write_all(&line).await.is_err() {
-                    break;
-                }
-            }
-            let _ = writer.shutdown().await;
+        // The relay reads the session's lines straight from its queue; the queue ends, and with
+        // it the relay's reader, when the session is forgotten or the upstream is gone.
+        let session_lines = ReceiverStream::new(session_outbox).map(|mut line| {
+            line.push(b'\n');
+            Ok::<_, std::io::Error>(Bytes::from(line))
         });
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.serve_session(session, mux_reader).await });
         UpstreamPipe {
-            reader: Box::pin(BufReader::new(relay_reader)),
-            writer: Box::pin(relay_writer),
+            reader: Box::pin(StreamReader::new(session_lines)),
+            writer: LineSink::Queue(relay_writer),
             child: None,
         }
     }
@@ -185,10 +176,10 @@ fn rewrite(line: &[u8], mut edits: Vec<(usize, usize, String)>) -> Vec<u8> {
 }
 
 impl Inner {
-    async fn serve_session(self: Arc<Self>, session: u64, from_relay: DuplexStream) {
-        let mut lines = BufReader::new(from_relay).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(line) = self.session_line(session, line.into_bytes()).await {
+    async fn serve_session(self: Arc<Self>, session: u64, mut from_relay: LineOutbox) {
+        while let Some(mut line) = from_relay.next().await {
+            line.truncate(without_line_end(&line).len());
+            if let Some(line) = self.session_line(session, line).await {
                 let _ = self.to_upstream.send(line).await;
             }
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
+use super::lines::LineSink;
 use super::relay::{RelayEnd, RelayOptions, relay_with};
 use super::upstream::{UpstreamPipe, reap};
 use crate::intercept::SessionRecorder;
@@ -35,7 +36,7 @@ pub async fn serve_stdio(
         options,
         recorder,
         BufReader::new(agent_in),
-        agent_out,
+        LineSink::stream(agent_out),
         upstream.reader,
         upstream.writer,
     )

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncBufRead, BufReader};
 use tokio::process::{Child, Command};
 
+use super::lines::LineSink;
 use super::stdio::StdioError;
 
 /// How to reach one upstream server.
@@ -37,12 +38,12 @@ impl std::fmt::Debug for UpstreamSpec {
 }
 
 pub type UpstreamReader = Pin<Box<dyn AsyncBufRead + Send>>;
-pub type UpstreamWriter = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// A connected upstream: lines from it, lines to it, and the child process if there is one.
+/// A connected upstream: lines from it, lines to it (a child's stdin, or a queue an HTTP
+/// upstream POSTs from), and the child process if there is one.
 pub struct UpstreamPipe {
     pub reader: UpstreamReader,
-    pub writer: UpstreamWriter,
+    pub writer: LineSink,
     pub child: Option<Child>,
 }
 
@@ -70,13 +71,17 @@ pub fn connect(spec: &UpstreamSpec) -> Result<UpstreamPipe, StdioError> {
             let stdout = child.stdout.take().expect("spawned with piped stdout");
             Ok(UpstreamPipe {
                 reader: Box::pin(BufReader::new(stdout)),
-                writer: Box::pin(stdin),
+                writer: LineSink::stream(stdin),
                 child: Some(child),
             })
         }
         UpstreamSpec::Http(config) => {
             let (reader, writer) = super::http_upstream::http_upstream(config.clone());
-            Ok(UpstreamPipe { reader: Box::pin(reader), writer: Box::pin(writer), child: None })
+            Ok(UpstreamPipe {
+                reader: Box::pin(reader),
+                writer: LineSink::Queue(writer),
+                child: None,
+            })
         }
     }
 }

@@ -37,6 +37,7 @@ pub use session::HttpSession;
 use session::posted_requests;
 
 use super::jsonrpc::{Envelope, Kind, batch_members};
+use super::lines::{LineSink, line_queue};
 use super::relay::{RelayOptions, relay_with};
 use super::shared_upstream::SharedUpstream;
 use super::upstream::{self, UpstreamSpec};
@@ -195,15 +196,22 @@ impl HttpProxy {
                 .with_bodies(endpoint.bodies.clone());
         let (to_relay, from_agent) = mpsc::channel(256);
         let agent_in = tokio_util::io::StreamReader::new(ReceiverStream::new(from_agent));
-        let (relay_out, dispatcher_in) = tokio::io::duplex(1 << 20);
+        let (relay_out, dispatcher_in) = line_queue();
         let session = HttpSession::new(id.clone(), agent.to_owned(), server.to_owned(), to_relay);
         session.set_recorder(recorder.clone());
         let call_timeout = endpoint.call_timeout;
         tokio::spawn(session.clone().dispatch(dispatcher_in));
         tokio::spawn(async move {
             let options = RelayOptions { grace: UPSTREAM_GRACE, call_timeout };
-            let end =
-                relay_with(options, recorder, agent_in, relay_out, pipe.reader, pipe.writer).await;
+            let end = relay_with(
+                options,
+                recorder,
+                agent_in,
+                LineSink::Queue(relay_out),
+                pipe.reader,
+                pipe.writer,
+            )
+            .await;
             tracing::debug!(?end, "http session relay ended");
             upstream::reap(pipe.child, UPSTREAM_GRACE).await;
         });

@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
+use crate::proxy::lines::{LineOutbox, without_line_end};
 
 /// Messages held for a standalone stream that is not open yet.
 const BACKLOG_LIMIT: usize = 1024;
@@ -161,9 +161,9 @@ impl HttpSession {
 
     /// Routes lines the relay writes toward the agent until the relay closes them, then answers
     /// whatever is still waiting and ends every stream.
-    pub async fn dispatch(self: Arc<Self>, from_relay: tokio::io::DuplexStream) {
-        let mut lines = BufReader::new(from_relay).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+    pub async fn dispatch(self: Arc<Self>, mut from_relay: LineOutbox) {
+        while let Some(mut line) = from_relay.next().await {
+            line.truncate(without_line_end(&line).len());
             self.route(Bytes::from(line)).await;
         }
         self.close();
@@ -373,7 +373,7 @@ mod tests {
         let mut post = session.open_post_stream(&posted_requests(
             br#"{"jsonrpc":"2.0","id":"q","method":"tools/list"}"#,
         ));
-        let (relay_side, dispatcher_side) = tokio::io::duplex(64);
+        let (relay_side, dispatcher_side) = crate::proxy::lines::line_queue();
         drop(relay_side);
         session.clone().dispatch(dispatcher_side).await;
         let answer: serde_json::Value =

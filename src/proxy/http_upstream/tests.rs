@@ -25,6 +25,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufRea
 
 use super::*;
 use crate::intercept::{RecordedMethods, SessionIdentity, SessionRecorder};
+use crate::proxy::lines::{LineQueue, LineSink};
 use crate::proxy::relay::{RelayEnd, relay};
 use crate::store::writer::Ledger;
 use crate::store::{DEFAULT_CHAIN, SqliteStore, Store, StoreOptions};
@@ -132,13 +133,20 @@ async fn rmcp_server(config: StreamableHttpServerConfig) -> String {
 
 struct Pipe {
     reader: Pin<Box<dyn AsyncBufRead + Send>>,
-    writer: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    writer: Option<Writer>,
+}
+
+/// How a test's lines reach the pipe: the queue the relay would fill, or the agent's end of a
+/// byte stream.
+enum Writer {
+    Queue(LineQueue),
+    Stream(Pin<Box<dyn AsyncWrite + Send>>),
 }
 
 impl Pipe {
     fn open(config: HttpUpstreamConfig) -> Pipe {
-        let (reader, writer) = http_upstream(config);
-        Pipe { reader: Box::pin(reader), writer: Some(Box::pin(writer)) }
+        let (reader, queue) = http_upstream(config);
+        Pipe { reader: Box::pin(reader), writer: Some(Writer::Queue(queue)) }
     }
 
     fn to(url: &str) -> Pipe {
@@ -146,9 +154,13 @@ impl Pipe {
     }
 
     async fn send(&mut self, line: &str) {
-        let writer = self.writer.as_mut().expect("open");
-        writer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        writer.flush().await.unwrap();
+        match self.writer.as_mut().expect("open") {
+            Writer::Queue(queue) => queue.lines.send(line.as_bytes().to_vec()).await.unwrap(),
+            Writer::Stream(writer) => {
+                writer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+                writer.flush().await.unwrap();
+            }
+        }
     }
 
     /// The next line, without its `\n`; `None` at the end of the pipe.
@@ -172,8 +184,10 @@ impl Pipe {
     }
 
     async fn close(&mut self) {
-        let mut writer = self.writer.take().expect("open");
-        writer.shutdown().await.unwrap();
+        match self.writer.take().expect("open") {
+            Writer::Queue(queue) => queue.close(),
+            Writer::Stream(mut writer) => writer.shutdown().await.unwrap(),
+        }
     }
 
     async fn assert_ended(&mut self) {
@@ -665,14 +679,16 @@ async fn the_relay_records_calls_to_an_http_upstream() {
     let relayed = tokio::spawn(relay(
         recorder,
         BufReader::new(proxy_in),
-        proxy_out,
+        LineSink::stream(proxy_out),
         up_in,
-        up_out,
+        LineSink::Queue(up_out),
         Duration::from_secs(5),
     ));
     let (agent_in, agent_out) = tokio::io::split(agent);
-    let mut pipe =
-        Pipe { reader: Box::pin(BufReader::new(agent_in)), writer: Some(Box::pin(agent_out)) };
+    let mut pipe = Pipe {
+        reader: Box::pin(BufReader::new(agent_in)),
+        writer: Some(Writer::Stream(Box::pin(agent_out))),
+    };
 
     pipe.send(&initialize(1, "2025-03-26")).await;
     assert_eq!(pipe.json().await["result"]["protocolVersion"], "2025-03-26");
