@@ -10,6 +10,7 @@
 //! scratch database, temporary directory and child process is removed on every path, Ctrl-C
 //! included. How to run it and what a run on the reference machine found: `docs/performance.md`.
 
+mod bounds;
 mod bulk;
 mod fleet;
 mod http_client;

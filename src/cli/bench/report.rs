@@ -5,6 +5,7 @@
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
+use super::bounds::Bounds;
 use super::bulk::{BulkRow, ChildRun};
 use super::fleet::{Mode, Transport};
 use super::idle::IdleOutcome;
@@ -273,6 +274,19 @@ impl Report {
                  rest = call in proxy - upstream - two append waits)"
             );
             println!("{}", self.stages_table());
+            if let Some(bounds) = self.bounds_table() {
+                println!(
+                    "\nWhat bounds throughput (ceiling = the calls/s at which this CPU per call would \
+                     keep all {} CPUs busy; x = against the direct mode's calls/s)",
+                    self.machine.cpus
+                );
+                println!("{bounds}");
+                println!(
+                    "Well below its ceiling with the writer near 100 % busy, a mode is paced by the \
+                     writer's commits; near it, by the CPU. Without the proxy = the ceiling if \
+                     the proxy's own CPU were zero (Postgres and the bench still use theirs)."
+                );
+            }
         }
         if !self.idle.is_empty() {
             println!("\nIdle sessions (serve's resident memory)");
@@ -473,6 +487,54 @@ impl Report {
         }
         align_right(&mut table, 2..7);
         table
+    }
+
+    /// The bounds of every proxied mode with more than one session; `None` when there is none.
+    fn bounds_table(&self) -> Option<Table> {
+        let mut table = table([
+            "transport",
+            "sessions",
+            "mode",
+            "calls/s (x)",
+            "machine busy",
+            "cpu us/call: proxy + postgres + bench",
+            "direct: bench",
+            "ceiling (x)",
+            "without the proxy (x)",
+            "writer busy",
+        ]);
+        let mut any = false;
+        for s in self.scenarios.iter().filter(|s| s.sessions > 1) {
+            let Some(direct) = s.modes.iter().find(|m| m.outcome.mode == Mode::Direct) else {
+                continue;
+            };
+            for row in s.modes.iter().filter(|m| m.outcome.mode != Mode::Direct) {
+                let Some(b) = Bounds::of(row, direct, self.machine.cpus) else { continue };
+                let c = &row.outcome.cost;
+                let parts = [c.proxy_cpu_us_per_call, c.postgres_cpu_us_per_call]
+                    .map(|part| opt(part, 0))
+                    .join(" + ");
+                table.add_row([
+                    s.transport.label().to_owned(),
+                    s.sessions.to_string(),
+                    row.outcome.mode.label().to_owned(),
+                    b.against_direct(row.outcome.summary.calls_per_s),
+                    c.machine_busy.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or("-".into()),
+                    format!(
+                        "{parts} + {} = {:.0}",
+                        opt(c.bench_cpu_us_per_call, 0),
+                        b.cpu_us_per_call
+                    ),
+                    opt(direct.outcome.cost.bench_cpu_us_per_call, 0),
+                    b.against_direct(b.cpu_ceiling),
+                    b.ceiling_without_proxy.map(|r| b.against_direct(r)).unwrap_or("-".into()),
+                    b.writer_busy.map(|w| format!("{:.0}%", w * 100.0)).unwrap_or("-".into()),
+                ]);
+                any = true;
+            }
+        }
+        align_right(&mut table, 3..10);
+        any.then_some(table)
     }
 
     fn idle_table(&self) -> Table {
