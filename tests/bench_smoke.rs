@@ -92,6 +92,37 @@ async fn a_quick_run_reports_every_part_and_leaves_complete_verified_ledgers() {
         }
     }
 
+    // What bounds throughput, for every proxied mode of the scenarios with more than one
+    // session: stdio 2 and http 4 (CPU is measured on Linux only).
+    if cfg!(target_os = "linux") {
+        let bounds = report["bounds"].as_array().expect("bounds");
+        let found: Vec<(&str, u64, &str)> = bounds
+            .iter()
+            .map(|b| {
+                let field = |name: &str| b[name].as_str().unwrap();
+                (field("transport"), b["sessions"].as_u64().unwrap(), field("mode"))
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for (transport, sessions) in [("stdio", 2), ("http", 4)] {
+            expected.extend(modes[1..].iter().map(|mode| (transport, sessions, *mode)));
+        }
+        assert_eq!(found, expected);
+        for b in bounds {
+            let ceiling = b["cpu_ceiling"].as_f64().expect("a ceiling");
+            assert!(ceiling > 0.0 && b["cpu_us_per_call"].as_f64().unwrap() > 0.0, "{b}");
+            // Only Postgres has a ceiling without the proxy, and it is the higher one.
+            match b["ceiling_without_proxy"].as_f64() {
+                Some(without) => assert!(b["mode"] == "postgres" && without > ceiling, "{b}"),
+                None => assert_eq!(b["mode"], "sqlite", "{b}"),
+            }
+            // Only serve has one writer whose busy share is known.
+            let writer_busy = b["writer_busy"].as_f64();
+            assert_eq!(writer_busy.is_some(), b["transport"] == "http", "{b}");
+            assert!(writer_busy.is_none_or(|w| w > 0.0), "{b}");
+        }
+    }
+
     let idle = report["idle"].as_array().expect("idle");
     assert_eq!(idle.len(), 2, "shared and per-session upstreams: {idle:?}");
     for run in idle {

@@ -3,11 +3,13 @@
 //! of `serve` was. A scenario that runs well below its CPU ceiling with its writer near 100 %
 //! busy is paced by the writer's commits; one near its ceiling, by the CPU.
 
+use serde::Serialize;
+
 use super::fleet::Mode;
 use super::scenario::ModeRow;
 
 /// The bounds of one proxied mode of a scenario, next to its direct mode.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Bounds {
     /// CPU per call of every process the mode needs (proxy, Postgres, bench), in microseconds.
     pub cpu_us_per_call: f64,

@@ -66,6 +66,16 @@ pub enum Verdict {
     NotMeasured,
 }
 
+/// [`Bounds`] with the scenario and mode they belong to, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct BoundsRow {
+    pub transport: Transport,
+    pub sessions: usize,
+    pub mode: Mode,
+    #[serde(flatten)]
+    pub bounds: Bounds,
+}
+
 #[derive(Debug, Serialize)]
 pub struct TargetRow {
     pub target: String,
@@ -217,9 +227,32 @@ impl Report {
         struct WithTargets<'a> {
             #[serde(flatten)]
             report: &'a Report,
+            bounds: Vec<BoundsRow>,
             targets: Vec<TargetRow>,
         }
-        serde_json::to_string_pretty(&WithTargets { report: self, targets: self.targets() })
+        let bounds = self.bounds();
+        serde_json::to_string_pretty(&WithTargets { report: self, bounds, targets: self.targets() })
+    }
+
+    /// The bounds of every proxied mode with more than one session whose CPU was measured.
+    fn bounds(&self) -> Vec<BoundsRow> {
+        let mut rows = Vec::new();
+        for s in self.scenarios.iter().filter(|s| s.sessions > 1) {
+            let Some(direct) = s.modes.iter().find(|m| m.outcome.mode == Mode::Direct) else {
+                continue;
+            };
+            for row in s.modes.iter().filter(|m| m.outcome.mode != Mode::Direct) {
+                if let Some(bounds) = Bounds::of(row, direct, self.machine.cpus) {
+                    rows.push(BoundsRow {
+                        transport: s.transport,
+                        sessions: s.sessions,
+                        mode: row.outcome.mode,
+                        bounds,
+                    });
+                }
+            }
+        }
+        rows
     }
 
     pub fn print_text(&self) {
@@ -503,38 +536,29 @@ impl Report {
             "without the proxy (x)",
             "writer busy",
         ]);
-        let mut any = false;
-        for s in self.scenarios.iter().filter(|s| s.sessions > 1) {
-            let Some(direct) = s.modes.iter().find(|m| m.outcome.mode == Mode::Direct) else {
-                continue;
-            };
-            for row in s.modes.iter().filter(|m| m.outcome.mode != Mode::Direct) {
-                let Some(b) = Bounds::of(row, direct, self.machine.cpus) else { continue };
-                let c = &row.outcome.cost;
-                let parts = [c.proxy_cpu_us_per_call, c.postgres_cpu_us_per_call]
-                    .map(|part| opt(part, 0))
-                    .join(" + ");
-                table.add_row([
-                    s.transport.label().to_owned(),
-                    s.sessions.to_string(),
-                    row.outcome.mode.label().to_owned(),
-                    b.against_direct(row.outcome.summary.calls_per_s),
-                    c.machine_busy.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or("-".into()),
-                    format!(
-                        "{parts} + {} = {:.0}",
-                        opt(c.bench_cpu_us_per_call, 0),
-                        b.cpu_us_per_call
-                    ),
-                    opt(direct.outcome.cost.bench_cpu_us_per_call, 0),
-                    b.against_direct(b.cpu_ceiling),
-                    b.ceiling_without_proxy.map(|r| b.against_direct(r)).unwrap_or("-".into()),
-                    b.writer_busy.map(|w| format!("{:.0}%", w * 100.0)).unwrap_or("-".into()),
-                ]);
-                any = true;
-            }
+        let bounds = self.bounds();
+        for BoundsRow { transport, sessions, mode, bounds: b } in &bounds {
+            let measured = |mode| self.row(*transport, *sessions, mode).expect("a measured row");
+            let (row, direct) = (measured(*mode), measured(Mode::Direct));
+            let c = &row.outcome.cost;
+            let parts = [c.proxy_cpu_us_per_call, c.postgres_cpu_us_per_call]
+                .map(|part| opt(part, 0))
+                .join(" + ");
+            table.add_row([
+                transport.label().to_owned(),
+                sessions.to_string(),
+                mode.label().to_owned(),
+                b.against_direct(row.outcome.summary.calls_per_s),
+                c.machine_busy.map(|b| format!("{:.0}%", b * 100.0)).unwrap_or("-".into()),
+                format!("{parts} + {} = {:.0}", opt(c.bench_cpu_us_per_call, 0), b.cpu_us_per_call),
+                opt(direct.outcome.cost.bench_cpu_us_per_call, 0),
+                b.against_direct(b.cpu_ceiling),
+                b.ceiling_without_proxy.map(|r| b.against_direct(r)).unwrap_or("-".into()),
+                b.writer_busy.map(|w| format!("{:.0}%", w * 100.0)).unwrap_or("-".into()),
+            ]);
         }
         align_right(&mut table, 3..10);
-        any.then_some(table)
+        (!bounds.is_empty()).then_some(table)
     }
 
     fn idle_table(&self) -> Table {
