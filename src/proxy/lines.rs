@@ -47,8 +47,15 @@ impl LineOutbox {
         }
     }
 
+    /// The next line without its line ending, for a reader that takes it as one message.
+    pub async fn next_message(&mut self) -> Option<Vec<u8>> {
+        let mut line = self.next().await?;
+        line.truncate(without_line_end(&line).len());
+        Some(line)
+    }
+
     /// Whether a line is waiting (so a writer can leave its flush to the last of a burst).
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
 }
@@ -88,7 +95,7 @@ impl LineSink {
 
 /// Writes queued lines to `out`, each ending in `\n`, until the queue ends; then shuts `out`
 /// down.
-pub async fn write_lines<W: AsyncWrite + Unpin>(mut outbox: LineOutbox, mut out: W) {
+async fn write_lines<W: AsyncWrite + Unpin>(mut outbox: LineOutbox, mut out: W) {
     while let Some(mut line) = outbox.next().await {
         if line.last() != Some(&b'\n') {
             line.push(b'\n');

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::StreamReader;
 
 use super::jsonrpc::{Envelope, Kind, id_key};
-use super::lines::{LineOutbox, LineSink, line_queue, without_line_end};
+use super::lines::{LineOutbox, LineSink, line_queue};
 use super::upstream::UpstreamPipe;
 
 /// A session's request as it is known upstream.
@@ -177,8 +177,7 @@ fn rewrite(line: &[u8], mut edits: Vec<(usize, usize, String)>) -> Vec<u8> {
 
 impl Inner {
     async fn serve_session(self: Arc<Self>, session: u64, mut from_relay: LineOutbox) {
-        while let Some(mut line) = from_relay.next().await {
-            line.truncate(without_line_end(&line).len());
+        while let Some(line) = from_relay.next_message().await {
             if let Some(line) = self.session_line(session, line).await {
                 let _ = self.to_upstream.send(line).await;
             }

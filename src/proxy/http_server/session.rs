@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::jsonrpc::{Envelope, Kind, batch_members, error_response, id_key};
-use crate::proxy::lines::{LineOutbox, without_line_end};
+use crate::proxy::lines::LineOutbox;
 
 /// Messages held for a standalone stream that is not open yet.
 const BACKLOG_LIMIT: usize = 1024;
@@ -162,8 +162,7 @@ impl HttpSession {
     /// Routes lines the relay writes toward the agent until the relay closes them, then answers
     /// whatever is still waiting and ends every stream.
     pub async fn dispatch(self: Arc<Self>, mut from_relay: LineOutbox) {
-        while let Some(mut line) = from_relay.next().await {
-            line.truncate(without_line_end(&line).len());
+        while let Some(line) = from_relay.next_message().await {
             self.route(Bytes::from(line)).await;
         }
         self.close();

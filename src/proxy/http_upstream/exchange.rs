@@ -17,6 +17,7 @@ use super::client::{
 };
 use super::sse::SseParser;
 use crate::proxy::jsonrpc::{Envelope, Kind, batch_members, id_key};
+use crate::proxy::lines::without_line_end;
 
 /// Resumption attempts in a row that bring nothing before a response stream counts as lost.
 const MAX_RESUME_ATTEMPTS: u32 = 5;
@@ -64,8 +65,7 @@ fn each_message(line: &[u8], mut f: impl FnMut(&[u8])) {
 impl Outgoing {
     /// `None` for a blank line.
     pub fn parse(line: &[u8]) -> Option<Outgoing> {
-        let body = line.strip_suffix(b"\n").unwrap_or(line);
-        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        let body = without_line_end(line);
         if body.trim_ascii().is_empty() {
             return None;
         }
