@@ -484,8 +484,16 @@ async fn each_session_has_its_own_upstream_and_delete_ends_it() {
     assert!(!alive(pid2), "shutdown stops its upstream");
 }
 
+/// The `session_end` reason of `session`, once it is recorded.
+fn end_reason(events: &[mcp_ledger::record::Event], session: &str) -> Option<String> {
+    in_session(events, session)
+        .iter()
+        .find(|e| e.event_type == "session_end")
+        .map(|e| e.data["reason"].as_str().unwrap_or_default().to_owned())
+}
+
 #[tokio::test]
-async fn session_limit_and_idle_timeout() {
+async fn session_limit_evicts_the_least_recently_active_and_idle_sessions_expire() {
     let alice = AgentCred::new("alice");
     let serve = Serve::start(Options {
         agents: vec![alice.clone()],
@@ -494,33 +502,54 @@ async fn session_limit_and_idle_timeout() {
     })
     .await;
     let m = serve.mcp(UP, Some(&alice));
-    let first = m.initialize().await;
-    let last_active = Instant::now();
 
+    // A session with an open stream is never evicted: at the limit, a new one is refused.
+    let streaming = m.initialize().await;
+    let stream = m.open_stream(&streaming).await;
     let reply = m.post(None, &initialize_body(0)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert!(reply.body.contains("limit of 1 sessions"), "{reply:?}");
     assert!(reply.session_id().is_none());
     assert_eq!(of_type(&serve.events().await, "session_start").len(), 1);
 
-    // Idle for a second: closed by the reaper, with session_end recorded.
-    eventually("the idle session to end", Duration::from_secs(6), || async {
-        has_session_end(&serve.events().await, &first).then_some(())
-    })
-    .await;
-    let idle = last_active.elapsed();
-    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}, before the timeout");
-    let reply = m.post(Some(&first), &call_body(1, "whoami", json!({}))).await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{reply:?}");
-
-    // Its slot is free again.
-    let second = eventually("a new session after the idle one", Duration::from_secs(5), || async {
+    // Without it, the idle session makes room: it ends (its end says why), a new one starts,
+    // and the evicted session's client is told to initialize again.
+    drop(stream);
+    let first = eventually("a session in place of the idle one", QUICK, || async {
         let reply = m.post(None, &initialize_body(0)).await;
         (reply.status == StatusCode::OK).then(|| reply.session_id().expect("session id"))
     })
     .await;
+    let reason = eventually("the evicted session's end", QUICK, || async {
+        end_reason(&serve.events().await, &streaming)
+    })
+    .await;
+    assert!(reason.starts_with("evicted: the proxy reached its limit of 1 sessions"), "{reason}");
+    let reply = m.post(Some(&streaming), &call_body(1, "whoami", json!({}))).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{reply:?}");
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
-    assert_eq!(m.post(Some(&second), &note).await.status, StatusCode::ACCEPTED);
-    assert!(m.upstream_pid(&second, 1).await > 0);
+    assert_eq!(m.post(Some(&first), &note).await.status, StatusCode::ACCEPTED);
+    let last_active = Instant::now();
+
+    // Idle for a second: closed by the reaper, with session_end recorded.
+    let reason = eventually("the idle session to end", Duration::from_secs(6), || async {
+        end_reason(&serve.events().await, &first)
+    })
+    .await;
+    let idle = last_active.elapsed();
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}, before the timeout");
+    assert!(reason.starts_with("idle for more than"), "{reason}");
+    let reply = m.post(Some(&first), &call_body(1, "whoami", json!({}))).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{reply:?}");
+
+    // Its slot is free again; and a client that starts a session per task and never ends one
+    // (as load generators do) goes on working at the limit, each new session evicting the last.
+    for task in 0..4 {
+        let session = m.initialize().await;
+        assert!(m.upstream_pid(&session, 1).await > 0, "task {task}");
+    }
+    let metrics = send(serve.http.client.get(format!("{}/metrics", serve.http.base)), QUICK).await;
+    assert!(metrics.body.contains("mcp_ledger_sessions_evicted_total 4\n"), "{}", metrics.body);
     let (status, _, stderr) = serve.stop().await;
     assert!(status.success(), "{status:?}\n{stderr}");
 }
@@ -819,29 +848,47 @@ async fn max_sessions_holds_under_concurrent_initializes() {
     let alice = AgentCred::new("alice");
     let serve = Serve::start(Options {
         agents: vec![alice.clone()],
+        threads: Some(3),
         listen: vec!["max_sessions = 2".into()],
         ..Options::default()
     })
     .await;
     let m = serve.mcp(UP, Some(&alice));
+    // Each holds its session's GET stream open, so that a session is evictable only between
+    // its initialize and its GET.
     let attempts: Vec<_> = (0..8)
         .map(|_| {
             let m = m.clone();
-            tokio::spawn(async move { m.post(None, &initialize_body(0)).await })
+            tokio::spawn(async move {
+                let reply = m.post(None, &initialize_body(0)).await;
+                let Some(session) = reply.session_id() else { return (reply.status, None) };
+                let get =
+                    m.request(Method::GET, Some(&session)).header("accept", "text/event-stream");
+                let stream = get.send().await.expect("GET");
+                (reply.status, (stream.status() == StatusCode::OK).then_some(stream))
+            })
         })
         .collect();
     let mut statuses = Vec::new();
+    let mut streams = Vec::new();
     for attempt in attempts {
-        statuses.push(attempt.await.unwrap().status);
+        let (status, stream) = attempt.await.unwrap();
+        statuses.push(status);
+        streams.extend(stream);
     }
     let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     let refused = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
-    let started = of_type(&serve.events().await, "session_start").len();
-    assert_eq!(
-        (accepted, refused),
-        (2, 6),
-        "max_sessions = 2, yet {statuses:?} and {started} session_start events"
-    );
+    assert_eq!(accepted + refused, 8, "{statuses:?}");
+    // Every session that was started and not evicted holds a stream now: exactly the limit.
+    assert_eq!(streams.len(), 2, "max_sessions = 2, yet {statuses:?}");
+    eventually("every evicted session's end", QUICK, || async {
+        let events = serve.events().await;
+        let started = of_type(&events, "session_start").len();
+        let ended = of_type(&events, "session_end").len();
+        (started == accepted && started - ended == 2).then_some(())
+    })
+    .await;
+    drop(streams);
     let (status, _, stderr) = serve.stop().await;
     assert!(status.success(), "{status:?}\n{stderr}");
 }

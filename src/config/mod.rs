@@ -74,6 +74,8 @@ pub struct ListenConfig {
     /// `Host` values accepted besides the loopback ones; empty means loopback hosts only.
     pub allowed_hosts: Vec<String>,
     pub max_body_bytes: usize,
+    /// Open HTTP sessions at most; at the limit a new one evicts the least recently active
+    /// session without an open stream, and is refused only when there is none.
     pub max_sessions: usize,
     pub session_idle_timeout_secs: u64,
 }

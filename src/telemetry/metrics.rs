@@ -87,6 +87,7 @@ pub struct Metrics {
     pub(super) pii_findings: Family<PiiLabels, Counter>,
     pub(super) sessions_open: Family<TransportLabels, Gauge>,
     pub(super) sessions: Family<TransportLabels, Counter>,
+    pub(super) sessions_evicted: Counter,
     pub(super) fail_closed: Family<FailLabels, Counter>,
 }
 
@@ -140,6 +141,7 @@ impl Metrics {
             pii_findings: Family::default(),
             sessions_open: Family::default(),
             sessions: Family::default(),
+            sessions_evicted: Counter::default(),
             fail_closed: Family::default(),
         };
         registry.register(
@@ -207,6 +209,11 @@ impl Metrics {
             metrics.sessions_open.clone(),
         );
         registry.register("sessions", "Agent sessions started", metrics.sessions.clone());
+        registry.register(
+            "sessions_evicted",
+            "HTTP sessions closed to make room for a new one at max_sessions",
+            metrics.sessions_evicted.clone(),
+        );
         registry.register(
             "fail_closed",
             "Messages refused because the ledger could not record them",

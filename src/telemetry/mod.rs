@@ -111,6 +111,11 @@ pub fn upstream_error(server: &str, kind: UpstreamError) {
     metrics().upstream_errors.get_or_create(&labels).inc();
 }
 
+/// An idle HTTP session was closed to make room for a new one (`max_sessions`).
+pub fn session_evicted() {
+    metrics().sessions_evicted.inc();
+}
+
 /// Decrements its gauge when dropped: a session or hold that ends however it ends.
 #[derive(Debug)]
 pub struct GaugeGuard(Gauge);

@@ -233,16 +233,35 @@ impl HttpProxy {
         Ok(session)
     }
 
-    /// Claims room for one more session, or refuses with 503.
+    /// Claims room for one more session. At `max_sessions` it closes the least recently active
+    /// session that has no open stream (no call waiting for its answer, no GET stream), and
+    /// refuses with 503 only when every session has one. A client that opens a session per
+    /// task and never sends DELETE (many scripts and load generators do) would otherwise lock
+    /// every new client out until the idle timeout; the evicted session's client gets 404 on
+    /// its next request, which MCP tells it to answer by initializing again.
     fn reserve_slot(&self) -> Result<SlotReservation<'_>, Response> {
-        let sessions = self.sessions.lock().expect("lock");
+        let mut sessions = self.sessions.lock().expect("lock");
         let starting = self.starting.load(Ordering::SeqCst);
-        if sessions.len() + starting >= self.settings.max_sessions {
-            let limit = self.settings.max_sessions;
-            return Err(error_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("the proxy has reached its limit of {limit} sessions"),
+        let limit = self.settings.max_sessions;
+        if sessions.len() + starting >= limit {
+            let Some(victim) = least_recently_active_idle(&sessions) else {
+                return Err(error_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "the proxy has reached its limit of {limit} sessions, and every one of \
+                         them has a request or stream open"
+                    ),
+                ));
+            };
+            // Out of the map now, so that its slot is free at once; its relay records the
+            // session's end and stops its upstream on its own time.
+            let evicted = sessions.remove(&victim).expect("found in the map just now");
+            tracing::info!(session = %evicted.id, agent = %evicted.agent, "evicting the least recently active session to make room");
+            evicted.close_because(&format!(
+                "evicted: the proxy reached its limit of {limit} sessions, and this one was \
+                 the least recently active with no open stream"
             ));
+            telemetry::session_evicted();
         }
         self.starting.fetch_add(1, Ordering::SeqCst);
         Ok(SlotReservation(&self.starting))
@@ -373,6 +392,8 @@ impl HttpProxy {
                 .refuse_auth(server, remote, headers, reason, Some(agent.to_owned()))
                 .await);
         }
+        // A request for it is activity: eviction at `max_sessions` looks elsewhere first.
+        session.touch();
         Ok(Some(session))
     }
 }
@@ -638,6 +659,15 @@ fn error_reply(status: StatusCode, message: &str) -> Response {
 fn jsonrpc_error_reply(status: StatusCode, code: i64, message: &str) -> Response {
     let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
     (status, axum::Json(body)).into_response()
+}
+
+/// The id of the session that has gone longest without a request and has no open stream.
+fn least_recently_active_idle(sessions: &HashMap<String, Arc<HttpSession>>) -> Option<String> {
+    sessions
+        .values()
+        .filter(|session| !session.has_open_streams())
+        .max_by_key(|session| session.idle_for())
+        .map(|session| session.id.clone())
 }
 
 /// Serves `proxy` on `listener` until `shutdown` resolves; then stops accepting, ends every
