@@ -1,7 +1,8 @@
 //! What bounds a proxied scenario's throughput, worked out from what the run measured: the CPU
 //! every process spent per call against the machine's CPUs, and how busy the one ledger writer
-//! of `serve` was. A scenario that runs well below its CPU ceiling with its writer near 100 %
-//! busy is paced by the writer's commits; one near its ceiling, by the CPU.
+//! of `serve` was. A scenario near its CPU ceiling is paced by the CPU. A busy writer alone
+//! proves less: group commit grows the batches until the writer is busy whatever sets the pace,
+//! so only a run with cheaper commits tells whether they do (docs/performance.md).
 
 use serde::Serialize;
 

@@ -315,9 +315,10 @@ impl Report {
                 );
                 println!("{bounds}");
                 println!(
-                    "Well below its ceiling with the writer near 100 % busy, a mode is paced by the \
-                     writer's commits; near it, by the CPU. Without the proxy = the ceiling if \
-                     the proxy's own CPU were zero (Postgres and the bench still use theirs)."
+                    "Near its ceiling, a mode is paced by the CPU. A busy writer alone is no proof \
+                     that commits pace it: batches grow until the writer is busy either way. \
+                     Without the proxy = the ceiling if the proxy's own CPU were zero (Postgres \
+                     and the bench still use theirs)."
                 );
             }
         }
