@@ -233,35 +233,13 @@ impl HttpProxy {
         Ok(session)
     }
 
-    /// Claims room for one more session. At `max_sessions` it closes the least recently active
-    /// session that has no open stream (no call waiting for its answer, no GET stream), and
-    /// refuses with 503 only when every session has one. A client that opens a session per
-    /// task and never sends DELETE (many scripts and load generators do) would otherwise lock
-    /// every new client out until the idle timeout; the evicted session's client gets 404 on
-    /// its next request, which MCP tells it to answer by initializing again.
+    /// Claims room for one more session, making room at `max_sessions` ([`make_room`]).
     fn reserve_slot(&self) -> Result<SlotReservation<'_>, Response> {
         let mut sessions = self.sessions.lock().expect("lock");
         let starting = self.starting.load(Ordering::SeqCst);
         let limit = self.settings.max_sessions;
         if sessions.len() + starting >= limit {
-            let Some(victim) = least_recently_active_idle(&sessions) else {
-                return Err(error_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "the proxy has reached its limit of {limit} sessions, and every one of \
-                         them has a request or stream open"
-                    ),
-                ));
-            };
-            // Out of the map now, so that its slot is free at once; its relay records the
-            // session's end and stops its upstream on its own time.
-            let evicted = sessions.remove(&victim).expect("found in the map just now");
-            tracing::info!(session = %evicted.id, agent = %evicted.agent, "evicting the least recently active session to make room");
-            evicted.close_because(&format!(
-                "evicted: the proxy reached its limit of {limit} sessions, and this one was \
-                 the least recently active with no open stream"
-            ));
-            telemetry::session_evicted();
+            make_room(&mut sessions, limit)?;
         }
         self.starting.fetch_add(1, Ordering::SeqCst);
         Ok(SlotReservation(&self.starting))
@@ -661,13 +639,45 @@ fn jsonrpc_error_reply(status: StatusCode, code: i64, message: &str) -> Response
     (status, axum::Json(body)).into_response()
 }
 
-/// The id of the session that has gone longest without a request and has no open stream.
-fn least_recently_active_idle(sessions: &HashMap<String, Arc<HttpSession>>) -> Option<String> {
-    sessions
+/// Frees one slot of a full session map. A session that is ending already (DELETE, expiry)
+/// leaves the map now instead of once its end is recorded. Otherwise the least recently active
+/// session with no open stream (no request waiting for its answer, no GET stream) is evicted:
+/// its relay records `session_end` with the reason and stops its upstream, and its client gets
+/// 404 on its next request, which MCP tells it to answer by initializing again. Refused (503)
+/// only when every session has a request or stream open.
+///
+/// Refusing whenever the map is full would let a client that starts a session per task and
+/// never sends DELETE (many scripts and load generators do) lock every other client out until
+/// the idle timeout.
+fn make_room(
+    sessions: &mut HashMap<String, Arc<HttpSession>>,
+    limit: usize,
+) -> Result<(), Response> {
+    if let Some(ending) = sessions.values().find(|s| s.is_closing()).map(|s| s.id.clone()) {
+        sessions.remove(&ending);
+        return Ok(());
+    }
+    let idlest = sessions
         .values()
         .filter(|session| !session.has_open_streams())
         .max_by_key(|session| session.idle_for())
-        .map(|session| session.id.clone())
+        .map(|session| session.id.clone());
+    let Some(evicted) = idlest.and_then(|id| sessions.remove(&id)) else {
+        return Err(error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "the proxy has reached its limit of {limit} sessions, and every one of them has \
+                 a request or stream open"
+            ),
+        ));
+    };
+    tracing::info!(session = %evicted.id, agent = %evicted.agent, "evicting the least recently active session to make room");
+    evicted.close_because(&format!(
+        "evicted: the proxy reached its limit of {limit} sessions, and this one was the least \
+         recently active with no open stream"
+    ));
+    telemetry::session_evicted();
+    Ok(())
 }
 
 /// Serves `proxy` on `listener` until `shutdown` resolves; then stops accepting, ends every

@@ -146,6 +146,12 @@ impl HttpSession {
         }
     }
 
+    /// Whether the agent's side is closed already (DELETE, expiry, eviction): the session is
+    /// ending and leaves the proxy's map once its relay has recorded the end.
+    pub fn is_closing(&self) -> bool {
+        self.to_relay.lock().expect("lock").is_none()
+    }
+
     /// Ends the agent's side: the relay records the end of the session and stops the upstream.
     pub fn close(&self) {
         self.to_relay.lock().expect("lock").take();
