@@ -897,3 +897,11 @@ fn a_password_in_the_otlp_endpoint_is_not_debug_printed() {
             .unwrap();
     assert!(!format!("{config:?}").contains("hunter2"));
 }
+
+#[test]
+fn the_shipped_example_configuration_loads() {
+    let config = parse(include_str!("../../examples/mcp-ledger.toml")).unwrap();
+    let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["filesystem", "github", "crm"]);
+    assert_eq!(config.listen.max_sessions, 1000);
+}
