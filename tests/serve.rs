@@ -484,14 +484,6 @@ async fn each_session_has_its_own_upstream_and_delete_ends_it() {
     assert!(!alive(pid2), "shutdown stops its upstream");
 }
 
-/// The `session_end` reason of `session`, once it is recorded.
-fn end_reason(events: &[mcp_ledger::record::Event], session: &str) -> Option<String> {
-    in_session(events, session)
-        .iter()
-        .find(|e| e.event_type == "session_end")
-        .map(|e| e.data["reason"].as_str().unwrap_or_default().to_owned())
-}
-
 #[tokio::test]
 async fn session_limit_evicts_the_least_recently_active_and_idle_sessions_expire() {
     let alice = AgentCred::new("alice");

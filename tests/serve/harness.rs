@@ -349,7 +349,15 @@ pub fn in_session<'a>(events: &'a [Event], session: &str) -> Vec<&'a Event> {
 }
 
 pub fn has_session_end(events: &[Event], session: &str) -> bool {
-    in_session(events, session).iter().any(|e| e.event_type == "session_end")
+    end_reason(events, session).is_some()
+}
+
+/// The reason in `session`'s `session_end`, once it is recorded.
+pub fn end_reason(events: &[Event], session: &str) -> Option<String> {
+    in_session(events, session)
+        .iter()
+        .find(|e| e.event_type == "session_end")
+        .map(|e| e.data["reason"].as_str().unwrap_or_default().to_owned())
 }
 
 /// A finished HTTP exchange.

@@ -478,10 +478,7 @@ async fn handle_get(
         );
     }
     match proxy.owned_session(&server, &agent, remote, &headers).await {
-        Ok(Some(session)) => {
-            session.touch();
-            sse_response(None, session.open_standalone_stream())
-        }
+        Ok(Some(session)) => sse_response(None, session.open_standalone_stream()),
         Ok(None) => {
             jsonrpc_error_reply(StatusCode::BAD_REQUEST, -32600, "missing Mcp-Session-Id header")
         }
