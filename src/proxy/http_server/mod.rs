@@ -638,10 +638,11 @@ fn jsonrpc_error_reply(status: StatusCode, code: i64, message: &str) -> Response
 
 /// Frees one slot of a full session map. A session that is ending already (DELETE, expiry)
 /// leaves the map now instead of once its end is recorded. Otherwise the least recently active
-/// session with no open stream (no request waiting for its answer, no GET stream) is evicted:
-/// its relay records `session_end` with the reason and stops its upstream, and its client gets
-/// 404 on its next request, which MCP tells it to answer by initializing again. Refused (503)
-/// only when every session has a request or stream open.
+/// session with no open stream (no request waiting for its answer, no GET stream; and not one
+/// whose first request is still on its way in) is evicted: its relay records `session_end` with
+/// the reason and stops its upstream, and its client gets 404 on its next request, which MCP
+/// tells it to answer by initializing again. Refused (503) only when every session has a
+/// request or stream open.
 ///
 /// Refusing whenever the map is full would let a client that starts a session per task and
 /// never sends DELETE (many scripts and load generators do) lock every other client out until
@@ -656,7 +657,7 @@ fn make_room(
     }
     let idlest = sessions
         .values()
-        .filter(|session| !session.has_open_streams())
+        .filter(|session| session.is_evictable())
         .max_by_key(|session| session.idle_for())
         .map(|session| session.id.clone());
     let Some(evicted) = idlest.and_then(|id| sessions.remove(&id)) else {

@@ -8,6 +8,7 @@
 //! waits for one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -51,6 +52,9 @@ pub struct HttpSession {
     to_relay: Mutex<Option<mpsc::Sender<Result<Bytes, std::io::Error>>>>,
     routes: Mutex<Routes>,
     last_active: Mutex<Instant>,
+    /// Whether the agent has handed the session a message yet. Until then the request that
+    /// started it is still on its way in, and the session must not be evicted from under it.
+    relayed: AtomicBool,
     /// Cancelled once the relay has ended and every stream was closed.
     pub ended: CancellationToken,
     /// Told why the session closed, when the closing is ours (DELETE, expiry, shutdown).
@@ -76,6 +80,7 @@ impl HttpSession {
             to_relay: Mutex::new(Some(to_relay)),
             routes: Mutex::default(),
             last_active: Mutex::new(Instant::now()),
+            relayed: AtomicBool::new(false),
             ended: CancellationToken::new(),
             recorder: Mutex::default(),
         })
@@ -100,6 +105,12 @@ impl HttpSession {
         let routes = self.routes.lock().expect("lock");
         routes.posts.values().any(|p| !p.sender.is_closed())
             || routes.standalone.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// Whether the session may be closed to make room for another: it has been handed a
+    /// message, and no client is waiting on one of its streams.
+    pub fn is_evictable(&self) -> bool {
+        self.relayed.load(Ordering::SeqCst) && !self.has_open_streams()
     }
 
     /// Opens a stream for a POST whose requests are `posted`; its receiver yields every message
@@ -138,6 +149,7 @@ impl HttpSession {
     /// Passes a line from the agent to the relay. `false` once the session has ended.
     pub async fn send_to_relay(&self, mut line: Vec<u8>) -> bool {
         self.touch();
+        self.relayed.store(true, Ordering::SeqCst);
         line.push(b'\n');
         let sender = self.to_relay.lock().expect("lock").clone();
         match sender {
