@@ -53,7 +53,7 @@ impl SessionRecorder {
             self.finish(call, completion).await?;
             return Ok(Delivery::AsIs);
         };
-        let Some(arguments) = call.arguments.clone().filter(|_| policy.has_output_rules()) else {
+        let Some(arguments) = call.arguments.as_ref().filter(|_| policy.has_output_rules()) else {
             self.finish(call, completion).await?;
             return Ok(Delivery::AsIs);
         };
@@ -62,7 +62,7 @@ impl SessionRecorder {
             agent: &self.identity.agent,
             server: &self.identity.server,
             tool: call.tool.as_deref().unwrap_or(""),
-            arguments: &arguments,
+            arguments,
             spent_today: None,
             input_pii: &call.input_pii,
         };

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::canonical::{canonical_value_bytes, payload_ref, sha256_hex, write_str, write_value};
 
@@ -327,12 +326,19 @@ impl Draft {
 /// and every language's parser reads it.
 pub fn format_timestamp(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
-    // Truncate to microseconds: Postgres and most languages keep no more.
-    let micros = at.microsecond();
-    let whole = at.replace_nanosecond(0).expect("zero nanoseconds is valid");
-    let base = whole.format(&Rfc3339).expect("a UTC timestamp always formats");
-    // `base` ends in "Z" with no fraction because nanoseconds are zero.
-    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
+    // By hand rather than with `Rfc3339`, which is general (offsets, any precision) and shows
+    // in the writer's profile; a UTC clock reading is always a four-digit year. Truncated to
+    // microseconds: Postgres and most languages keep no more.
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    )
 }
 
 /// A content-addressed body: canonical JSON bytes and their `sha256:` reference.
@@ -368,6 +374,14 @@ mod tests {
         assert_eq!(format_timestamp(at), "2026-11-22T04:30:00.123456Z");
         let whole = time::macros::datetime!(2026-01-02 03:04:05 UTC);
         assert_eq!(format_timestamp(whole), "2026-01-02T03:04:05.000000Z");
+        // Whatever the moment, the text reads back as that moment, truncated to microseconds.
+        let rfc3339 = time::format_description::well_known::Rfc3339;
+        for seconds in [0, 951_782_400, 1_764_892_799, 4_102_444_799] {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(seconds * 1_000_000_000 + 999_999)
+                .expect("in range");
+            let read = OffsetDateTime::parse(&format_timestamp(at), &rfc3339).expect("RFC 3339");
+            assert_eq!(read, at.replace_nanosecond(999_000).expect("valid"));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use reqwest::Url;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -78,8 +78,40 @@ pub(super) enum Req<'a> {
 
 /// A response, and the session id the request carried (to tell an expired session).
 pub(super) struct Sent {
-    pub response: reqwest::Response,
+    pub response: Answer,
     pub session: Option<HeaderValue>,
+}
+
+/// A response as the exchange reads it, from whichever client carried the request: hyper's
+/// own for loopback upstreams (no reqwest wrapper, whose conversion parses a URL for every
+/// response), reqwest's for the rest.
+pub(super) enum Answer {
+    Reqwest(reqwest::Response),
+    Loopback(http::Response<hyper::body::Incoming>),
+}
+
+impl Answer {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Answer::Reqwest(response) => response.status(),
+            Answer::Loopback(response) => response.status(),
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match self {
+            Answer::Reqwest(response) => response.headers(),
+            Answer::Loopback(response) => response.headers(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, SendError> {
+        match self {
+            Answer::Reqwest(response) => Ok(response.chunk().await?),
+            Answer::Loopback(response) => loopback::chunk(response.body_mut()).await,
+        }
+    }
 }
 
 /// Why a message did not get through, as the agent is told.
@@ -176,6 +208,9 @@ pub(super) fn error_kind(error: &(dyn std::error::Error + 'static)) -> &'static 
     {
         return "could not connect";
     }
+    if error.is::<loopback::BodyBrokeOff>() {
+        return "the response broke off";
+    }
     "the HTTP request failed"
 }
 
@@ -227,8 +262,9 @@ fn shared_client(loopback: bool) -> Result<reqwest::Client, reqwest::Error> {
 /// Everything one upstream connection shares between its tasks.
 pub(super) struct Upstream {
     client: reqwest::Client,
-    /// Set for `http://` upstreams on this machine: requests go over its pooled connections.
-    loopback: Option<&'static LoopbackClient>,
+    /// Set for `http://` upstreams on this machine: requests go over its pooled connections,
+    /// to the URL as a `Uri` (parsed here once, not per request).
+    loopback: Option<(&'static LoopbackClient, Uri)>,
     url: Url,
     /// `host[:port]` of the URL, the only part of it that messages and logs name.
     pub host: String,
@@ -250,7 +286,9 @@ impl Upstream {
         let on_this_machine = is_loopback(&config.url);
         let client = shared_client(on_this_machine)?;
         let loopback = (on_this_machine && config.url.scheme() == "http")
-            .then(|| loopback::client(CONNECT_TIMEOUT));
+            .then(|| Uri::try_from(config.url.as_str()).ok())
+            .flatten()
+            .map(|uri| (loopback::client(CONNECT_TIMEOUT), uri));
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if RESERVED.contains(&name.as_str()) {
@@ -379,7 +417,7 @@ impl Upstream {
         let session = headers.get(MCP_SESSION_ID).cloned();
         let mut url = self.url.clone();
         for hop in 0..=MAX_REDIRECTS {
-            let builder = match &req {
+            let (method, body) = match &req {
                 Req::Post { body, on_send, .. } => {
                     let body = match on_send {
                         // The body is handed over once the connection is ready to write it:
@@ -393,15 +431,28 @@ impl Upstream {
                         }
                         _ => reqwest::Body::from(body.clone()),
                     };
-                    self.client.post(url.clone()).body(body)
+                    (Method::POST, Some(body))
                 }
-                Req::Get { .. } => self.client.get(url.clone()),
-                Req::Delete => self.client.delete(url.clone()),
+                Req::Get { .. } => (Method::GET, None),
+                Req::Delete => (Method::DELETE, None),
             };
-            let builder = builder.headers(headers.clone());
-            let response = match self.loopback {
-                Some(client) => loopback::send(client, builder.build()?).await?,
-                None => builder.send().await?,
+            let response = match &self.loopback {
+                Some((client, uri)) => {
+                    let uri = if hop == 0 { uri.clone() } else { Uri::try_from(url.as_str())? };
+                    let mut request = http::Request::new(body.unwrap_or_default());
+                    *request.method_mut() = method;
+                    *request.uri_mut() = uri;
+                    *request.headers_mut() = headers.clone();
+                    Answer::Loopback(loopback::send(client, request).await?)
+                }
+                None => {
+                    let mut builder =
+                        self.client.request(method, url.clone()).headers(headers.clone());
+                    if let Some(body) = body {
+                        builder = builder.body(body);
+                    }
+                    Answer::Reqwest(builder.send().await?)
+                }
             };
             if matches!(
                 response.status(),
@@ -444,7 +495,7 @@ impl Upstream {
 }
 
 /// Whether a response's `Content-Type` is `kind` (`application/json`, `text/event-stream`).
-pub(super) fn has_content_type(response: &reqwest::Response, kind: &str) -> bool {
+pub(super) fn has_content_type(response: &Answer, kind: &str) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)
@@ -454,12 +505,9 @@ pub(super) fn has_content_type(response: &reqwest::Response, kind: &str) -> bool
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
-pub(super) async fn read_body(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, Failure> {
+pub(super) async fn read_body(response: &mut Answer, limit: usize) -> Result<Vec<u8>, Failure> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| Failure::from_error(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| Failure::from_error(&*e))? {
         if body.len() + chunk.len() > limit {
             return Err(Failure::BadResponse("the body is too large"));
         }

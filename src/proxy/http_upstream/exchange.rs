@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::MAX_MESSAGE_BYTES;
 use super::client::{
-    Failure, Req, Sent, Signal, Upstream, error_chain, has_content_type, read_body,
+    Answer, Failure, Req, Sent, Signal, Upstream, error_chain, has_content_type, read_body,
 };
 use super::sse::SseParser;
 use crate::proxy::jsonrpc::{Envelope, Kind, batch_members, id_key};
@@ -267,7 +267,7 @@ async fn deliver(
 /// `GET` + `Last-Event-ID` when it breaks off first and the server gave event ids.
 async fn read_stream(
     up: &Upstream,
-    response: reqwest::Response,
+    response: Answer,
     awaiting: &mut Awaiting,
 ) -> Result<(), Failure> {
     let mut parser = SseParser::new(MAX_MESSAGE_BYTES);
@@ -321,7 +321,7 @@ async fn read_stream(
 /// for at most [`LINGER`]). Returns whether the stream's cursor moved.
 async fn pump(
     up: &Upstream,
-    mut response: reqwest::Response,
+    mut response: Answer,
     parser: &mut SseParser,
     awaiting: &mut Awaiting,
 ) -> Result<bool, Failure> {
@@ -342,7 +342,7 @@ async fn pump(
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(error) => {
-                tracing::debug!(host = %up.host, error = %error_chain(&error), "an SSE stream broke off");
+                tracing::debug!(host = %up.host, error = %error_chain(&*error), "an SSE stream broke off");
                 break;
             }
         };

@@ -10,9 +10,10 @@
 //! of `serve`'s CPU at 64 sessions, docs/performance.md).
 //!
 //! reqwest gives no access to a connection's socket, hence hyper-util's client (the same hyper
-//! reqwest runs on) with a connector of our own. Requests are still built as reqwest requests and
-//! the answers handed back as reqwest responses, so the exchange code does not know which client
-//! carried them.
+//! reqwest runs on) with a connector of our own. Requests are built as `http` requests to the
+//! upstream's `Uri`, parsed once, and answers come back as hyper's responses: going through
+//! reqwest's types would parse a URL twice per message (`client::Answer` hides which client
+//! carried one).
 
 use std::future::Future;
 use std::io;
@@ -21,7 +22,10 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Uri;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -50,15 +54,29 @@ pub(super) fn client(connect_timeout: Duration) -> &'static LoopbackClient {
     })
 }
 
-/// Sends a request built by reqwest over `client`, and returns the answer as reqwest's type.
+/// Sends `request` over `client`.
 pub(super) async fn send(
     client: &LoopbackClient,
-    request: reqwest::Request,
-) -> Result<reqwest::Response, BoxError> {
-    let request = http::Request::<reqwest::Body>::try_from(request)?;
-    let response = client.request(request).await?;
-    Ok(reqwest::Response::from(response.map(reqwest::Body::wrap)))
+    request: http::Request<reqwest::Body>,
+) -> Result<http::Response<Incoming>, BoxError> {
+    Ok(client.request(request).await?)
 }
+
+/// The next data frame of `body` (trailers are skipped); `None` at its end.
+pub(super) async fn chunk(body: &mut Incoming) -> Result<Option<Bytes>, BoxError> {
+    while let Some(frame) = body.frame().await {
+        match frame.map_err(BodyBrokeOff)?.into_data() {
+            Ok(data) => return Ok(Some(data)),
+            Err(_trailers) => continue,
+        }
+    }
+    Ok(None)
+}
+
+/// A response body that could not be read to its end (`client::error_kind` names it).
+#[derive(Debug, thiserror::Error)]
+#[error("the response body broke off")]
+pub(super) struct BodyBrokeOff(#[source] hyper::Error);
 
 /// `HttpConnector`, with each connection wrapped in [`QuickAck`].
 #[derive(Clone)]
