@@ -415,7 +415,8 @@ impl Upstream {
     pub async fn send(&self, req: Req<'_>) -> Result<Sent, SendError> {
         let headers = self.headers_for(&req);
         let session = headers.get(MCP_SESSION_ID).cloned();
-        let mut url = self.url.clone();
+        // Owned only once a redirect moves it.
+        let mut url = std::borrow::Cow::Borrowed(&self.url);
         for hop in 0..=MAX_REDIRECTS {
             let (method, body) = match &req {
                 Req::Post { body, on_send, .. } => {
@@ -447,7 +448,7 @@ impl Upstream {
                 }
                 None => {
                     let mut builder =
-                        self.client.request(method, url.clone()).headers(headers.clone());
+                        self.client.request(method, url.as_ref().clone()).headers(headers.clone());
                     if let Some(body) = body {
                         builder = builder.body(body);
                     }
@@ -466,7 +467,7 @@ impl Upstream {
                     .filter(|next| next.origin() == url.origin())
             {
                 tracing::debug!(host = %self.host, status = %response.status(), "following a same-origin redirect");
-                url = next;
+                url = std::borrow::Cow::Owned(next);
                 continue;
             }
             return Ok(Sent { response, session });

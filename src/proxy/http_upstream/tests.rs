@@ -522,6 +522,32 @@ async fn an_unreachable_upstream_answers_requests_with_errors() {
 }
 
 #[tokio::test]
+async fn a_response_body_that_breaks_off_is_named_as_such() {
+    // A loopback server that promises 100 bytes of JSON, sends a few and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        while !request.ends_with(b"}") {
+            let mut buf = [0; 4096];
+            let read = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await.unwrap();
+            assert!(read > 0, "the request ended early");
+            request.extend_from_slice(&buf[..read]);
+        }
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+        socket.write_all(format!("{head}{{\"jsonrpc\"").as_bytes()).await.unwrap();
+    });
+    let mut pipe = Pipe::to(&url);
+    pipe.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).await;
+    let error = pipe.json().await;
+    assert_upstream_error(&error, json!(1), "upstream_unreachable");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with("the response broke off"), "{message}");
+}
+
+#[tokio::test]
 async fn http_errors_become_error_responses() {
     let server_error =
         r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"bad arguments"}}"#;
