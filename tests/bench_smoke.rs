@@ -193,3 +193,41 @@ async fn an_interrupted_run_drops_its_scratch_databases_and_fails() {
     let left: Vec<&&str> = created.iter().filter(|name| after.iter().any(|a| a == *name)).collect();
     assert!(left.is_empty(), "scratch databases left behind: {left:?}");
 }
+
+/// `--serve-wrapper` starts every `serve` under the given command (how `serve` is profiled in
+/// place, e.g. under callgrind), and the run still measures it and checks its ledgers (the exit
+/// code says they hold every call and verify).
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_runs_under_the_wrapper_it_is_given() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = dir.path().join("wrap.sh");
+    let marker = dir.path().join("started");
+    // Notes that it ran, then becomes the wrapped command (same pid, as valgrind keeps it).
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nmarker=$1\nshift\necho \"$*\" >> \"$marker\"\nexec \"$@\"\n",
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let output = Command::new(BIN)
+        .args(["bench", "--quick", "--json", "--skip", "stdio,ledger,idle", "--http-sessions", "1"])
+        .arg("--serve-wrapper")
+        .arg(format!("{} {}", wrapper.display(), marker.display()))
+        .args(postgres_args())
+        .env("MCP_LEDGER_LOG", "warn")
+        .output()
+        .expect("run mcp-ledger bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("--json prints json");
+    let proxied = if report["postgres_ledger"].is_string() { 2 } else { 1 };
+    let started = std::fs::read_to_string(&marker).expect("the wrapper ran");
+    let lines: Vec<&str> = started.lines().collect();
+    assert_eq!(lines.len(), proxied, "one serve per proxied mode: {started}");
+    assert!(lines.iter().all(|l| l.contains(" serve --config ")), "{started}");
+    let serve = report["serve_threads"].as_str().expect("serve_threads");
+    assert!(serve.contains("run under `") && serve.contains("wrap.sh"), "{serve}");
+}

@@ -71,6 +71,8 @@ impl Mode {
 /// What every fleet of a run shares.
 pub struct Context {
     pub exe: PathBuf,
+    /// What every `serve` is started under (`--serve-wrapper`), usually nothing.
+    pub serve_wrapper: Vec<String>,
     pub sqlite: LedgerUrl,
     pub postgres: Option<PgLedger>,
     /// The in-process upstream's MCP endpoint.
@@ -222,13 +224,7 @@ impl Fleet {
             Transport::Http => {
                 let url = match &ledger {
                     Some(ledger) => {
-                        let serve = ServeProcess::start(
-                            &ctx.exe,
-                            ledger,
-                            &ctx.upstream_url,
-                            Upstream::PerSession,
-                        )
-                        .await?;
+                        let serve = ServeProcess::start(ctx, ledger, Upstream::PerSession).await?;
                         let url = serve.url.clone();
                         fleet.proxy_pids.push(serve.pid());
                         fleet.serve = Some(serve);

@@ -43,7 +43,7 @@ pub async fn run(
     upstream: Upstream,
     ledger: &LedgerUrl,
 ) -> anyhow::Result<IdleOutcome> {
-    let serve = ServeProcess::start(&ctx.exe, ledger, &ctx.upstream_url, upstream).await?;
+    let serve = ServeProcess::start(ctx, ledger, upstream).await?;
     tokio::time::sleep(SETTLE).await;
     let before = serve.memory();
     let started = Instant::now();

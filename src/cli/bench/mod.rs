@@ -92,6 +92,12 @@ pub struct BenchArgs {
     /// Print the results as JSON
     #[arg(long)]
     json: bool,
+    /// Start every `serve` under this command, split at spaces, to profile it in place: e.g.
+    /// `--serve-wrapper 'valgrind --tool=callgrind --callgrind-out-file=cg.%p'` counts its
+    /// instructions, which a shared machine's load does not move (docs/performance.md). The
+    /// timing columns then measure the wrapper too.
+    #[arg(long, value_name = "COMMAND")]
+    serve_wrapper: Option<String>,
 }
 
 /// Which chains the stdio proxies of a run append to.
@@ -146,6 +152,8 @@ struct Settings {
     idle_sessions: Option<usize>,
     ledger_sizes: Vec<u64>,
     export_limit: Duration,
+    /// The program and arguments every `serve` is started under (`--serve-wrapper`).
+    serve_wrapper: Vec<String>,
 }
 
 impl Settings {
@@ -193,6 +201,12 @@ impl Settings {
             } else {
                 60
             })),
+            serve_wrapper: args
+                .serve_wrapper
+                .iter()
+                .flat_map(|command| command.split_whitespace())
+                .map(str::to_owned)
+                .collect(),
         }
     }
 
@@ -328,6 +342,7 @@ async fn bench(
     let most_stdio_sessions = settings.stdio_sessions.iter().copied().max().unwrap_or(0);
     let ctx = Context {
         exe: exe.clone(),
+        serve_wrapper: settings.serve_wrapper.clone(),
         sqlite: sqlite.clone(),
         postgres,
         upstream_url,
@@ -398,7 +413,7 @@ async fn bench(
         upstream: "the demo server's lookup_customer: over stdio a `mcp-ledger demo-server` child \
                    per session; over http rmcp's Streamable HTTP server in the bench process"
             .to_owned(),
-        serve_threads: serve_threads(cpus),
+        serve_threads: serve_threads(cpus, &ctx.serve_wrapper),
         stdio_chains: settings.stdio_chains,
         sqlite_ledger: sqlite.to_string(),
         postgres_ledger: run_db.map(|db| format!("{} ({})", redact_password(&db.url), db.server)),
@@ -410,15 +425,20 @@ async fn bench(
     })
 }
 
-/// The threads the `serve` children run on, for the report: they inherit `MCP_LEDGER_THREADS`
-/// from the bench, and otherwise take `serve`'s default for the machine.
-fn serve_threads(cpus: usize) -> String {
-    match std::env::var("MCP_LEDGER_THREADS") {
+/// The threads the `serve` children run on, and what they run under, for the report: they
+/// inherit `MCP_LEDGER_THREADS` from the bench, and otherwise take `serve`'s default for the
+/// machine.
+fn serve_threads(cpus: usize, wrapper: &[String]) -> String {
+    let threads = match std::env::var("MCP_LEDGER_THREADS") {
         Ok(threads) => format!("{threads} thread(s), from MCP_LEDGER_THREADS"),
         Err(_) => format!(
             "{} thread(s), the default for {cpus} cpus (one per two; MCP_LEDGER_THREADS=N sets it)",
             super::serve::default_threads(cpus)
         ),
+    };
+    match wrapper {
+        [] => threads,
+        _ => format!("{threads}; run under `{}`", wrapper.join(" ")),
     }
 }
 

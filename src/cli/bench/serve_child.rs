@@ -3,14 +3,14 @@
 //! `[[agents]]` (so callers are `anonymous`, loopback only), and a session limit high enough for
 //! the load. Its process id is what the benchmark measures.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::fleet::Context;
 use super::procstat::{self, Memory};
 use crate::store::LedgerUrl;
 
@@ -51,18 +51,28 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `exe serve` recording to `ledger`, in front of the upstream at `upstream_url`.
+    /// Starts `mcp-ledger serve` (under the run's wrapper, if any) recording to `ledger`, in
+    /// front of the run's upstream.
     pub async fn start(
-        exe: &Path,
+        ctx: &Context,
         ledger: &LedgerUrl,
-        upstream_url: &str,
         upstream: Upstream,
     ) -> anyhow::Result<ServeProcess> {
         let dir = tempfile::tempdir().context("cannot create a directory for serve's config")?;
         let config = dir.path().join("mcp-ledger.toml");
-        std::fs::write(&config, config_text(upstream_url, upstream))
+        std::fs::write(&config, config_text(&ctx.upstream_url, upstream))
             .with_context(|| format!("cannot write {}", config.display()))?;
-        let mut child = Command::new(exe)
+        // A wrapper such as valgrind execs serve in its own process: the pid stays the one
+        // measured.
+        let mut command = match ctx.serve_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&ctx.exe);
+                command
+            }
+            None => Command::new(&ctx.exe),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -170,8 +180,9 @@ mod tests {
     #[test]
     fn the_config_names_the_upstream_and_whether_it_is_shared() {
         let text = config_text("http://127.0.0.1:9/mcp", Upstream::Shared);
-        let config = crate::config::Config::from_toml(&text, Path::new("mcp-ledger.toml"))
-            .expect("a valid config");
+        let config =
+            crate::config::Config::from_toml(&text, std::path::Path::new("mcp-ledger.toml"))
+                .expect("a valid config");
         let server = config.server(SERVER_NAME).expect("the endpoint");
         assert!(server.shared);
         assert_eq!(config.listen.max_sessions, 100000);
