@@ -34,9 +34,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use guard::{ANONYMOUS, AgentTokens, AuthRejection, OriginPolicy};
 pub use session::HttpSession;
-use session::posted_requests;
+use session::{StreamMessage, posted_requests};
 
-use super::jsonrpc::{Envelope, Kind, batch_members};
+use super::jsonrpc::{Envelope, Kind};
 use super::lines::{LineSink, line_queue};
 use super::relay::{RelayOptions, relay_with};
 use super::shared_upstream::SharedUpstream;
@@ -403,13 +403,13 @@ async fn handle_post(
         }
         Err(rejection) => return error_reply(rejection.status(), &rejection.body_text()),
     };
-    if Envelope::parse(&body).is_none() && batch_members(&body).is_none() {
+    let Some(posted) = posted_requests(&body) else {
         return jsonrpc_error_reply(
             StatusCode::BAD_REQUEST,
             -32700,
             "the body is not a JSON-RPC message",
         );
-    }
+    };
     let existing = match proxy.owned_session(&server, &agent, remote, &headers).await {
         Ok(session) => session,
         Err(response) => return response,
@@ -435,7 +435,6 @@ async fn handle_post(
         }
     };
 
-    let posted = posted_requests(&body);
     if posted.requests.is_empty() {
         // Notifications and responses: accepted once handed to the relay, which records and
         // forwards them in order.
@@ -576,7 +575,10 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 /// [`JSON_ANSWER_WAIT`], is its response gets it as a plain JSON body (nothing to frame, stream
 /// and close on either side). Anything else is an SSE stream, started by then at the latest, so
 /// that a slow or held call keeps its client's connection alive with keep-alive comments.
-async fn json_or_sse_response(mut messages: mpsc::Receiver<Bytes>, requests: usize) -> Response {
+async fn json_or_sse_response(
+    mut messages: mpsc::Receiver<StreamMessage>,
+    requests: usize,
+) -> Response {
     if requests != 1 {
         // A batch streams from the start: nothing to wait for.
         return sse_response(None, messages);
@@ -585,34 +587,29 @@ async fn json_or_sse_response(mut messages: mpsc::Receiver<Bytes>, requests: usi
         Ok(Some(first)) => first,
         Ok(None) | Err(_) => return sse_response(None, messages),
     };
-    if is_response(&first) {
-        return ([(header::CONTENT_TYPE, "application/json")], first).into_response();
+    if first.answers {
+        return ([(header::CONTENT_TYPE, "application/json")], first.bytes).into_response();
     }
     sse_response(Some(first), messages)
 }
 
 /// An SSE stream of `first` (when given) and then every message of `messages`.
-fn sse_response(first: Option<Bytes>, messages: mpsc::Receiver<Bytes>) -> Response {
+fn sse_response(first: Option<StreamMessage>, messages: mpsc::Receiver<StreamMessage>) -> Response {
     let events = futures::stream::iter(first).chain(ReceiverStream::new(messages)).map(|message| {
         Ok::<_, Infallible>(
-            Event::default().event("message").data(String::from_utf8_lossy(&message)),
+            Event::default().event("message").data(String::from_utf8_lossy(&message.bytes)),
         )
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
-fn is_response(message: &[u8]) -> bool {
-    Envelope::parse(message).is_some_and(|e| matches!(e.kind(), Kind::Response { .. }))
-        || batch_members(message).is_some()
-}
-
 /// For clients that accept only JSON: waits for the responses and returns them in one body.
 /// Notifications sent meanwhile cannot reach such a client and are dropped.
-async fn json_response(mut messages: mpsc::Receiver<Bytes>) -> Response {
+async fn json_response(mut messages: mpsc::Receiver<StreamMessage>) -> Response {
     let mut responses = Vec::new();
     while let Some(message) = messages.recv().await {
-        if is_response(&message) {
-            responses.push(message);
+        if message.answers {
+            responses.push(message.bytes);
         }
     }
     let body = match responses.len() {

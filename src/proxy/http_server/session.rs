@@ -26,9 +26,25 @@ const BACKLOG_LIMIT: usize = 1024;
 /// JSON-RPC error code for a request whose session ended before it was answered.
 pub const SESSION_CLOSED: i64 = -32001;
 
+/// A message on its way to the agent over one of the session's HTTP streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamMessage {
+    pub bytes: Bytes,
+    /// It holds the response to a request of the POST whose stream it is on (for a batch, to
+    /// at least one), so a POST answered with plain JSON may carry it. Known from routing, so
+    /// the message is not parsed again to find out.
+    pub answers: bool,
+}
+
+impl StreamMessage {
+    fn other(bytes: Bytes) -> Self {
+        StreamMessage { bytes, answers: false }
+    }
+}
+
 /// Where one POST's messages go, and how many of its requests are still unanswered.
 struct PostStream {
-    sender: mpsc::Sender<Bytes>,
+    sender: mpsc::Sender<StreamMessage>,
     unanswered: usize,
     opened: u64,
 }
@@ -40,7 +56,7 @@ struct Routes {
     by_request: HashMap<String, u64>,
     /// Progress token key -> request id key.
     by_progress: HashMap<String, String>,
-    standalone: Option<mpsc::Sender<Bytes>>,
+    standalone: Option<mpsc::Sender<StreamMessage>>,
     backlog: VecDeque<Bytes>,
     next_post: u64,
 }
@@ -115,7 +131,7 @@ impl HttpSession {
 
     /// Opens a stream for a POST whose requests are `posted`; its receiver yields every message
     /// for those requests and ends after the last response.
-    pub fn open_post_stream(&self, posted: &PostedRequests) -> mpsc::Receiver<Bytes> {
+    pub fn open_post_stream(&self, posted: &PostedRequests) -> mpsc::Receiver<StreamMessage> {
         let (sender, receiver) = mpsc::channel(256);
         let mut routes = self.routes.lock().expect("lock");
         let post = routes.next_post;
@@ -133,11 +149,11 @@ impl HttpSession {
     }
 
     /// Opens (or replaces) the standalone stream for server-initiated messages.
-    pub fn open_standalone_stream(&self) -> mpsc::Receiver<Bytes> {
+    pub fn open_standalone_stream(&self) -> mpsc::Receiver<StreamMessage> {
         let (sender, receiver) = mpsc::channel(256);
         let mut routes = self.routes.lock().expect("lock");
         while let Some(message) = routes.backlog.pop_front() {
-            if sender.try_send(message.clone()).is_err() {
+            if sender.try_send(StreamMessage::other(message.clone())).is_err() {
                 routes.backlog.push_front(message);
                 break;
             }
@@ -184,7 +200,7 @@ impl HttpSession {
             self.route(Bytes::from(line)).await;
         }
         self.close();
-        let orphans: Vec<(String, mpsc::Sender<Bytes>)> = {
+        let orphans: Vec<(String, mpsc::Sender<StreamMessage>)> = {
             let mut routes = self.routes.lock().expect("lock");
             let waiting: Vec<_> = routes.by_request.drain().collect();
             let orphans = waiting
@@ -205,7 +221,8 @@ impl HttpSession {
                     "the MCP session ended before the upstream server answered",
                     "session_closed",
                 );
-                let _ = sender.send(Bytes::from(answer.trim_ascii_end().to_vec())).await;
+                let bytes = Bytes::from(answer.trim_ascii_end().to_vec());
+                let _ = sender.send(StreamMessage { bytes, answers: true }).await;
             }
         }
         self.ended.cancel();
@@ -217,8 +234,8 @@ impl HttpSession {
             routes.target_for(&line)
         };
         match target {
-            Target::Stream(sender) => {
-                let _ = sender.send(line).await;
+            Target::Stream { sender, answers } => {
+                let _ = sender.send(StreamMessage { bytes: line, answers }).await;
             }
             Target::Backlog => {
                 let mut routes = self.routes.lock().expect("lock");
@@ -233,7 +250,7 @@ impl HttpSession {
 }
 
 enum Target {
-    Stream(mpsc::Sender<Bytes>),
+    Stream { sender: mpsc::Sender<StreamMessage>, answers: bool },
     Backlog,
 }
 
@@ -260,24 +277,26 @@ impl Routes {
                 // The last response closes the POST's stream once it is sent.
                 self.posts.remove(&post);
             }
-            return Target::Stream(sender);
+            return Target::Stream { sender, answers: true };
         }
         if let Some(post) = progress_request(line)
             .and_then(|token| self.by_progress.get(&token))
             .and_then(|request| self.by_request.get(request))
             .and_then(|post| self.posts.get(post))
         {
-            return Target::Stream(post.sender.clone());
+            return Target::Stream { sender: post.sender.clone(), answers: false };
         }
         self.server_initiated()
     }
 
     fn server_initiated(&mut self) -> Target {
         if let Some(newest) = self.posts.values().max_by_key(|p| p.opened) {
-            return Target::Stream(newest.sender.clone());
+            return Target::Stream { sender: newest.sender.clone(), answers: false };
         }
         match &self.standalone {
-            Some(sender) if !sender.is_closed() => Target::Stream(sender.clone()),
+            Some(sender) if !sender.is_closed() => {
+                Target::Stream { sender: sender.clone(), answers: false }
+            }
             _ => Target::Backlog,
         }
     }
@@ -303,40 +322,51 @@ fn progress_request(bytes: &[u8]) -> Option<String> {
     Some(id_key(params.progress_token))
 }
 
-/// The requests in a POST body and their progress tokens. Notifications and responses are not
-/// listed: they are answered with 202 at once.
-pub fn posted_requests(body: &[u8]) -> PostedRequests {
-    let one = |bytes: &[u8]| -> Option<(String, Option<String>)> {
-        let envelope = Envelope::parse(bytes)?;
-        let Kind::Request { id, .. } = envelope.kind() else { return None };
-        #[derive(serde::Deserialize)]
-        struct Meta<'a> {
-            #[serde(borrow, rename = "progressToken")]
-            progress_token: Option<&'a RawValue>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Params<'a> {
-            #[serde(borrow, rename = "_meta")]
-            meta: Option<Meta<'a>>,
-        }
-        let token = envelope
-            .params
-            .and_then(|p| serde_json::from_str::<Params>(p.get()).ok())
-            .and_then(|p| p.meta)
-            .and_then(|m| m.progress_token)
-            .map(id_key);
-        Some((id_key(id), token))
-    };
+/// The requests in a POST body and their progress tokens, or `None` when the body is neither a
+/// JSON-RPC message nor a batch of them. Notifications and responses are not listed: they are
+/// answered with 202 at once. One parse serves both the check and the listing: the body's
+/// params are scanned once here and once more by the relay, not once per question asked.
+pub fn posted_requests(body: &[u8]) -> Option<PostedRequests> {
     let requests = match batch_members(body) {
-        Some(members) => members.iter().filter_map(|m| one(m.get().as_bytes())).collect(),
-        None => one(body).into_iter().collect(),
+        Some(members) => members
+            .iter()
+            .filter_map(|m| Envelope::parse(m.get().as_bytes()))
+            .filter_map(|envelope| posted_request(&envelope))
+            .collect(),
+        None => posted_request(&Envelope::parse(body)?).into_iter().collect(),
     };
-    PostedRequests { requests }
+    Some(PostedRequests { requests })
+}
+
+/// A request's id key and progress token key; `None` for anything but a request.
+fn posted_request(envelope: &Envelope<'_>) -> Option<(String, Option<String>)> {
+    let Kind::Request { id, .. } = envelope.kind() else { return None };
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, rename = "progressToken")]
+        progress_token: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "_meta")]
+        meta: Option<Meta<'a>>,
+    }
+    let token = envelope
+        .params
+        .and_then(|p| serde_json::from_str::<Params>(p.get()).ok())
+        .and_then(|p| p.meta)
+        .and_then(|m| m.progress_token)
+        .map(id_key);
+    Some((id_key(id), token))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn posted(body: &[u8]) -> PostedRequests {
+        posted_requests(body).expect("a JSON-RPC message or batch")
+    }
 
     fn session() -> (Arc<HttpSession>, mpsc::Receiver<Result<Bytes, std::io::Error>>) {
         let (to_relay, from_agent) = mpsc::channel(8);
@@ -345,20 +375,22 @@ mod tests {
 
     #[test]
     fn posted_requests_list_ids_and_progress_tokens() {
-        let posted = posted_requests(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"_meta":{"progressToken":"p"}}}"#);
-        assert_eq!(posted.requests, [("3".to_owned(), Some("\"p\"".to_owned()))]);
-        let batch = posted_requests(
-            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"}]"#,
-        );
+        let single = posted(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"_meta":{"progressToken":"p"}}}"#);
+        assert_eq!(single.requests, [("3".to_owned(), Some("\"p\"".to_owned()))]);
+        let batch =
+            posted(br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"}]"#);
         assert_eq!(batch.requests, [("1".to_owned(), None)]);
-        assert!(posted_requests(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).requests.is_empty());
+        assert!(posted(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).requests.is_empty());
+        // Neither a message nor a batch: the handler answers it with a parse error.
+        assert!(posted_requests(b"not json").is_none());
+        assert!(posted_requests(b"42").is_none());
     }
 
     #[tokio::test]
     async fn responses_progress_and_server_requests_find_their_streams() {
         let (session, _relay) = session();
         let mut standalone = session.open_standalone_stream();
-        let mut post = session.open_post_stream(&posted_requests(
+        let mut post = session.open_post_stream(&posted(
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"_meta":{"progressToken":9}}}"#,
         ));
         let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":9,"progress":1}}"#;
@@ -368,11 +400,12 @@ mod tests {
         for line in [progress, sampling, response, later] {
             session.route(Bytes::from(line)).await;
         }
-        assert_eq!(post.recv().await.unwrap(), progress);
-        assert_eq!(post.recv().await.unwrap(), sampling);
-        assert_eq!(post.recv().await.unwrap(), response);
-        assert!(post.recv().await.is_none(), "the stream ends after its last response");
-        assert_eq!(standalone.recv().await.unwrap(), later);
+        let mut next = async || post.recv().await.map(|m| (m.bytes, m.answers));
+        assert_eq!(next().await.unwrap(), (Bytes::from(progress), false));
+        assert_eq!(next().await.unwrap(), (Bytes::from(sampling), false));
+        assert_eq!(next().await.unwrap(), (Bytes::from(response), true));
+        assert!(next().await.is_none(), "the stream ends after its last response");
+        assert_eq!(standalone.recv().await.unwrap(), StreamMessage::other(Bytes::from(later)));
     }
 
     #[tokio::test]
@@ -381,20 +414,20 @@ mod tests {
         let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
         session.route(Bytes::from(note)).await;
         let mut standalone = session.open_standalone_stream();
-        assert_eq!(standalone.recv().await.unwrap(), note);
+        assert_eq!(standalone.recv().await.unwrap().bytes, note);
     }
 
     #[tokio::test]
     async fn unanswered_requests_are_answered_when_the_relay_ends() {
         let (session, _relay) = session();
-        let mut post = session.open_post_stream(&posted_requests(
-            br#"{"jsonrpc":"2.0","id":"q","method":"tools/list"}"#,
-        ));
+        let mut post = session
+            .open_post_stream(&posted(br#"{"jsonrpc":"2.0","id":"q","method":"tools/list"}"#));
         let (relay_side, dispatcher_side) = crate::proxy::lines::line_queue();
         drop(relay_side);
         session.clone().dispatch(dispatcher_side).await;
-        let answer: serde_json::Value =
-            serde_json::from_slice(&post.recv().await.unwrap()).unwrap();
+        let message = post.recv().await.unwrap();
+        assert!(message.answers, "an orphan's error answers its request");
+        let answer: serde_json::Value = serde_json::from_slice(&message.bytes).unwrap();
         assert_eq!(answer["id"], "q");
         assert_eq!(answer["error"]["code"], SESSION_CLOSED);
         assert!(session.ended.is_cancelled());
