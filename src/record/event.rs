@@ -287,7 +287,18 @@ impl Draft {
 
     /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`.
     pub fn seal(&self, chain_id: &str, seq: i64, prev_hash: &str, now: OffsetDateTime) -> Event {
-        let timestamp = format_timestamp(now);
+        self.seal_stamped(chain_id, seq, prev_hash, format_timestamp(now))
+    }
+
+    /// [`Draft::seal`] with the timestamp already formatted ([`format_timestamp`]): a batch's
+    /// events share one, so the writer formats it once per batch rather than once per event.
+    pub fn seal_stamped(
+        &self,
+        chain_id: &str,
+        seq: i64,
+        prev_hash: &str,
+        timestamp: String,
+    ) -> Event {
         let computed;
         let parts = match &self.parts {
             Some(parts) => parts,

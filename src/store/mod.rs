@@ -455,12 +455,12 @@ fn settled(drafts: &[Draft], found: Vec<Event>) -> Result<Option<Vec<Event>>, St
 fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> Vec<Event> {
     let (mut seq, mut prev) =
         head.unwrap_or_else(|| (0, crate::record::GENESIS_PREV_HASH.to_owned()));
-    let now = time::OffsetDateTime::now_utc();
+    let timestamp = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
     drafts
         .iter()
         .map(|draft| {
             seq += 1;
-            let event = draft.seal(chain_id, seq, &prev, now);
+            let event = draft.seal_stamped(chain_id, seq, &prev, timestamp.clone());
             prev.clone_from(&event.hash);
             event
         })
