@@ -36,17 +36,24 @@ fn postgres_args() -> Vec<String> {
     if required { vec!["--postgres".into(), common::admin_url()] } else { Vec::new() }
 }
 
-#[tokio::test]
-async fn a_quick_run_reports_every_part_and_leaves_complete_verified_ledgers() {
+/// Runs `bench --quick --json` with `args` and returns its report; the run must succeed, which
+/// also says its ledgers hold every call made and verify.
+fn quick_report(args: &[String]) -> Value {
     let output = Command::new(BIN)
         .args(["bench", "--quick", "--json"])
+        .args(args)
         .args(postgres_args())
         .env("MCP_LEDGER_LOG", "warn")
         .output()
         .expect("run mcp-ledger bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
-    let report: Value = serde_json::from_slice(&output.stdout).expect("--json prints json");
+    serde_json::from_slice(&output.stdout).expect("--json prints json")
+}
+
+#[tokio::test]
+async fn a_quick_run_reports_every_part_and_leaves_complete_verified_ledgers() {
+    let report = quick_report(&[]);
     let with_postgres = report["postgres_ledger"].is_string();
     let modes: &[&str] =
         if with_postgres { &["direct", "sqlite", "postgres"] } else { &["direct", "sqlite"] };
@@ -212,17 +219,14 @@ async fn serve_runs_under_the_wrapper_it_is_given() {
     )
     .expect("write the wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let output = Command::new(BIN)
-        .args(["bench", "--quick", "--json", "--skip", "stdio,ledger,idle", "--http-sessions", "1"])
-        .arg("--serve-wrapper")
-        .arg(format!("{} {}", wrapper.display(), marker.display()))
-        .args(postgres_args())
-        .env("MCP_LEDGER_LOG", "warn")
-        .output()
-        .expect("run mcp-ledger bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stderr}");
-    let report: Value = serde_json::from_slice(&output.stdout).expect("--json prints json");
+    let report = quick_report(&[
+        "--skip".into(),
+        "stdio,ledger,idle".into(),
+        "--http-sessions".into(),
+        "1".into(),
+        "--serve-wrapper".into(),
+        format!("{} {}", wrapper.display(), marker.display()),
+    ]);
     let proxied = if report["postgres_ledger"].is_string() { 2 } else { 1 };
     let started = std::fs::read_to_string(&marker).expect("the wrapper ran");
     let lines: Vec<&str> = started.lines().collect();

@@ -324,8 +324,7 @@ fn progress_request(bytes: &[u8]) -> Option<String> {
 
 /// The requests in a POST body and their progress tokens, or `None` when the body is neither a
 /// JSON-RPC message nor a batch of them. Notifications and responses are not listed: they are
-/// answered with 202 at once. One parse serves both the check and the listing: the body's
-/// params are scanned once here and once more by the relay, not once per question asked.
+/// answered with 202 at once. One parse serves both the check and the listing.
 pub fn posted_requests(body: &[u8]) -> Option<PostedRequests> {
     let requests = match batch_members(body) {
         Some(members) => members
