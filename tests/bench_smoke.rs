@@ -235,3 +235,23 @@ async fn serve_runs_under_the_wrapper_it_is_given() {
     let serve = report["serve_threads"].as_str().expect("serve_threads");
     assert!(serve.contains("run under `") && serve.contains("wrap.sh"), "{serve}");
 }
+
+/// A wrapper that cannot be started fails the run with a message that names it.
+#[test]
+fn a_wrapper_that_cannot_start_is_named() {
+    let output = Command::new(BIN)
+        .args(["bench", "--quick", "--skip", "stdio,ledger,idle", "--http-sessions", "1"])
+        .args(["--serve-wrapper", "no-such-profiler-here --flag"])
+        .args(postgres_args())
+        .env("MCP_LEDGER_LOG", "warn")
+        .output()
+        .expect("run mcp-ledger bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a run whose serve cannot start must fail: {stderr}");
+    assert!(
+        stderr.contains(
+            "cannot start mcp-ledger serve under `no-such-profiler-here` (--serve-wrapper)"
+        ),
+        "{stderr}"
+    );
+}

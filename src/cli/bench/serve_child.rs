@@ -85,7 +85,12 @@ impl ServeProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .context("cannot start mcp-ledger serve")?;
+            .with_context(|| match ctx.serve_wrapper.first() {
+                Some(program) => {
+                    format!("cannot start mcp-ledger serve under `{program}` (--serve-wrapper)")
+                }
+                None => "cannot start mcp-ledger serve".to_owned(),
+            })?;
         let pid = child.id().ok_or_else(|| anyhow!("mcp-ledger serve exited at once"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("serve's stdout is not piped"))?;
         let url = tokio::time::timeout(START_TIMEOUT, endpoint_url(stdout))
