@@ -151,6 +151,11 @@ impl OpenCall {
         self.forwarded = Some(Instant::now());
     }
 
+    /// When the relay handed the request on, if it has.
+    pub fn forwarded_at(&self) -> Option<Instant> {
+        self.forwarded
+    }
+
     /// The upstream answered the request: how long it had it goes to the metrics.
     pub fn answered_by_upstream(&self) {
         if let Some(forwarded) = self.forwarded {

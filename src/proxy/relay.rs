@@ -9,13 +9,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, join_all};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, Span};
 
@@ -27,6 +27,7 @@ use crate::intercept::{
 };
 use crate::telemetry::{FailStage, HoldKind, UpstreamError, spans};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// JSON-RPC error code for "the proxy refused to pass this on" (implementation-defined range).
 pub const LEDGER_UNAVAILABLE: i64 = -32000;
@@ -99,6 +100,9 @@ struct Shared {
     handshakes: Mutex<HashMap<String, (String, Value)>>,
     /// The MCP revision the handshake settled on, for the request spans.
     protocol_version: OnceLock<String>,
+    /// Told when a call is opened, so that [`expire_calls`] wakes from having nothing to wait
+    /// for.
+    call_opened: Notify,
 }
 
 impl Shared {
@@ -109,20 +113,41 @@ impl Shared {
         }
     }
 
-    /// Registers a forwarded call as waiting for its response, with its timeout.
-    fn open(self: &Arc<Self>, direction: Direction, id: &RawValue, mut call: OpenCall) {
+    /// Registers a forwarded call as waiting for its response; [`expire_calls`] times it out.
+    fn open(&self, direction: Direction, id: &RawValue, mut call: OpenCall) {
         call.forwarded();
-        if let Some(limit) = self.call_timeout {
-            let call_id = call.call_id.clone();
-            tokio::spawn(expire_call(
-                Arc::downgrade(self),
-                direction,
-                id.to_owned(),
-                call_id,
-                limit,
-            ));
-        }
         self.open_calls(direction).lock().expect("lock").insert(id_key(id), call);
+        if self.call_timeout.is_some() {
+            self.call_opened.notify_one();
+        }
+    }
+
+    /// When the longest-waiting open call was forwarded, if any call is open.
+    fn first_forwarded(&self) -> Option<Instant> {
+        [Direction::FromAgent, Direction::FromServer]
+            .into_iter()
+            .filter_map(|direction| {
+                let open = self.open_calls(direction).lock().expect("lock");
+                open.values().filter_map(OpenCall::forwarded_at).min()
+            })
+            .min()
+    }
+
+    /// Takes out of the open calls every one forwarded at or before `cutoff`.
+    fn take_forwarded_by(&self, cutoff: Instant) -> Vec<(Direction, OpenCall)> {
+        let mut due = Vec::new();
+        for direction in [Direction::FromAgent, Direction::FromServer] {
+            let mut open = self.open_calls(direction).lock().expect("lock");
+            let keys: Vec<String> = open
+                .iter()
+                .filter(|(_, call)| call.forwarded_at().is_some_and(|at| at <= cutoff))
+                .map(|(key, _)| key.clone())
+                .collect();
+            due.extend(
+                keys.iter().filter_map(|key| open.remove(key)).map(|call| (direction, call)),
+            );
+        }
+        due
     }
 
     /// The peer that sent requests travelling in `direction`, for answering them.
@@ -186,8 +211,13 @@ where
         open_from_server: Mutex::default(),
         handshakes: Mutex::default(),
         protocol_version: OnceLock::new(),
+        call_opened: Notify::new(),
     });
     let _open = shared.recorder.telemetry().opened();
+    // Stopped when the relay ends (or is dropped); a call it is timing out finishes on its own.
+    let _expiry = options
+        .call_timeout
+        .map(|limit| AbortOnDropHandle::new(tokio::spawn(expire_calls(shared.clone(), limit))));
 
     let mut from_agent = tokio::spawn(pump(
         Direction::FromAgent,
@@ -639,25 +669,36 @@ async fn await_result_hold(
 
 /// Answers a recorded request that is still open after `limit`, and records that it went
 /// unanswered. Holds the relay only weakly: a finished relay settles its calls itself.
-async fn expire_call(
-    shared: std::sync::Weak<Shared>,
-    direction: Direction,
-    id: Box<RawValue>,
-    call_id: String,
-    limit: Duration,
-) {
-    tokio::time::sleep(limit).await;
-    let Some(shared) = shared.upgrade() else { return };
-    let key = id_key(&id);
-    let call = {
-        let mut open = shared.open_calls(direction).lock().expect("lock");
-        match open.get(&key) {
-            Some(call) if call.call_id == call_id => open.remove(&key),
-            _ => None,
+/// Answers, and records as unanswered, every call of the session whose peer has not answered
+/// it within `limit` of its forwarding. One task per session that sleeps until the oldest open
+/// call's deadline, rather than a timer task per call: such a task outlived its call by the whole
+/// limit (600 s by default), and under load the sleeping tasks grew `serve`'s memory by about
+/// 1.5 KB per call (docs/performance.md).
+async fn expire_calls(shared: Arc<Shared>, limit: Duration) {
+    loop {
+        let Some(first) = shared.first_forwarded() else {
+            shared.call_opened.notified().await;
+            continue;
+        };
+        // Every call is opened with the same limit, so no call opened later has an earlier
+        // deadline: nothing needs to interrupt this sleep.
+        let deadline = first + limit;
+        if deadline > Instant::now() {
+            tokio::time::sleep_until(deadline.into()).await;
+            continue;
         }
-    };
-    let Some(call) = call else { return };
-    shared.timed_out.lock().expect("lock").insert((direction, key));
+        let cutoff = Instant::now().checked_sub(limit).unwrap_or(first);
+        for (direction, call) in shared.take_forwarded_by(cutoff) {
+            tokio::spawn(time_out(shared.clone(), direction, call, limit));
+        }
+    }
+}
+
+/// Ends `call`, which its peer did not answer within `limit`: records it, and answers its sender
+/// with an error.
+async fn time_out(shared: Arc<Shared>, direction: Direction, call: OpenCall, limit: Duration) {
+    let Ok(id) = RawValue::from_string(call.request_id().to_owned()) else { return };
+    shared.timed_out.lock().expect("lock").insert((direction, id_key(&id)));
     let who = match direction {
         Direction::FromAgent => "the upstream MCP server",
         Direction::FromServer => "the agent",
@@ -754,4 +795,154 @@ fn id_text(id: &RawValue) -> Option<Cow<'_, str>> {
 
 fn parse_value(raw: Option<&RawValue>) -> Value {
     raw.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tokio::io::{AsyncWriteExt, BufReader, DuplexStream, Lines, ReadHalf, WriteHalf};
+
+    use super::*;
+    use crate::intercept::{RecordedMethods, SessionIdentity};
+    use crate::store::writer::Ledger;
+    use crate::store::{DEFAULT_CHAIN, SqliteStore, Store, StoreOptions};
+
+    /// The agent's end of a relay whose upstream answers every request at once, except a
+    /// `tools/call` of the tool `hang`, which it never answers.
+    struct Session {
+        to_proxy: WriteHalf<DuplexStream>,
+        from_proxy: Lines<BufReader<ReadHalf<DuplexStream>>>,
+        relay: JoinHandle<RelayEnd>,
+        next_id: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Session {
+        async fn start(call_timeout: Duration) -> Session {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(
+                SqliteStore::open(&dir.path().join("ledger.db"), &StoreOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            let (ledger, _writer) = Ledger::start(store, DEFAULT_CHAIN, Duration::from_secs(10));
+            let identity = SessionIdentity {
+                session_id: "expiry-test".into(),
+                agent: "tester".into(),
+                server: "scripted".into(),
+                transport: "stdio",
+                upstream: "in-process".into(),
+            };
+            let recorder = SessionRecorder::new(ledger, identity, RecordedMethods::default());
+            let (agent, proxy_agent) = tokio::io::duplex(1 << 16);
+            let (upstream, proxy_upstream) = tokio::io::duplex(1 << 16);
+            tokio::spawn(answer_all_but_hang(upstream));
+            let (proxy_agent_in, proxy_agent_out) = tokio::io::split(proxy_agent);
+            let (proxy_up_in, proxy_up_out) = tokio::io::split(proxy_upstream);
+            let options =
+                RelayOptions { grace: Duration::from_secs(1), call_timeout: Some(call_timeout) };
+            let relay = tokio::spawn(relay_with(
+                options,
+                recorder,
+                BufReader::new(proxy_agent_in),
+                LineSink::stream(proxy_agent_out),
+                BufReader::new(proxy_up_in),
+                LineSink::stream(proxy_up_out),
+            ));
+            let (from_proxy, to_proxy) = tokio::io::split(agent);
+            let from_proxy = BufReader::new(from_proxy).lines();
+            Session { to_proxy, from_proxy, relay, next_id: 0, _dir: dir }
+        }
+
+        /// Sends a `tools/call` of `tool` and returns its id.
+        async fn call(&mut self, tool: &str) -> u64 {
+            self.next_id += 1;
+            let line = json!({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                              "params": {"name": tool, "arguments": {}}});
+            self.to_proxy.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            self.next_id
+        }
+
+        async fn reply(&mut self) -> Value {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.from_proxy.next_line())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .expect("the relay is still running");
+            serde_json::from_str(&line).unwrap()
+        }
+
+        async fn close(mut self) {
+            self.to_proxy.shutdown().await.unwrap();
+            drop(self.to_proxy);
+            assert_eq!(self.relay.await.unwrap(), RelayEnd::AgentClosed);
+        }
+    }
+
+    async fn answer_all_but_hang(upstream: DuplexStream) {
+        let (input, mut output) = tokio::io::split(upstream);
+        let mut lines = BufReader::new(input).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let request: Value = serde_json::from_str(&line).unwrap();
+            if request["params"]["name"] == "hang" || request.get("id").is_none() {
+                continue;
+            }
+            let answer = json!({"jsonrpc": "2.0", "id": request["id"],
+                                "result": {"content": [{"type": "text", "text": "done"}]}});
+            if output.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    }
+
+    #[tokio::test]
+    async fn answered_calls_leave_nothing_waiting_for_their_timeout() {
+        let mut session = Session::start(Duration::from_secs(600)).await;
+        let call_and_answer = async |session: &mut Session| {
+            let id = session.call("echo").await;
+            assert_eq!(session.reply().await["id"], id);
+        };
+        for _ in 0..10 {
+            call_and_answer(&mut session).await;
+        }
+        let before = alive_tasks();
+        for _ in 0..200 {
+            call_and_answer(&mut session).await;
+        }
+        // A timer per call would keep 200 more tasks alive for the next ten minutes.
+        let after = alive_tasks();
+        assert!(after <= before + 2, "{before} tasks alive before 200 calls, {after} after");
+        session.close().await;
+    }
+
+    #[tokio::test]
+    async fn unanswered_calls_time_out_among_answered_ones_and_after_a_quiet_spell() {
+        let mut session = Session::start(Duration::from_secs(1)).await;
+        let hung = session.call("hang").await;
+        let started = Instant::now();
+        for _ in 0..3 {
+            let id = session.call("echo").await;
+            assert_eq!(session.reply().await["id"], id, "answered calls pass the hung one");
+        }
+        let timed_out = session.reply().await;
+        assert_eq!(timed_out["id"], hung);
+        assert_eq!(timed_out["error"]["data"]["mcp_ledger"], "timeout", "{timed_out}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+
+        // Nothing open now; a call that hangs after that is still timed out.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let hung_again = session.call("hang").await;
+        let answered = session.call("echo").await;
+        assert_eq!(session.reply().await["id"], answered);
+        let timed_out = session.reply().await;
+        assert_eq!(timed_out["id"], hung_again, "{timed_out}");
+        assert_eq!(timed_out["error"]["code"], UPSTREAM_GONE);
+        session.close().await;
+    }
 }
