@@ -667,8 +667,6 @@ async fn await_result_hold(
     }
 }
 
-/// Answers a recorded request that is still open after `limit`, and records that it went
-/// unanswered. Holds the relay only weakly: a finished relay settles its calls itself.
 /// Answers, and records as unanswered, every call of the session whose peer has not answered
 /// it within `limit` of its forwarding. One task per session that sleeps until the oldest open
 /// call's deadline, rather than a timer task per call: such a task outlived its call by the whole
@@ -799,8 +797,6 @@ fn parse_value(raw: Option<&RawValue>) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
     use tokio::io::{AsyncWriteExt, BufReader, DuplexStream, Lines, ReadHalf, WriteHalf};
 
