@@ -133,19 +133,27 @@ impl Shared {
             .min()
     }
 
-    /// Takes out of the open calls every one forwarded at or before `cutoff`.
-    fn take_forwarded_by(&self, cutoff: Instant) -> Vec<(Direction, OpenCall)> {
+    /// Takes out of the open calls every one forwarded at or before `cutoff`, and marks each as
+    /// timed out, so that a response arriving from now on is dropped rather than passed on.
+    fn time_out_forwarded_by(&self, cutoff: Instant) -> Vec<(Direction, OpenCall)> {
         let mut due = Vec::new();
         for direction in [Direction::FromAgent, Direction::FromServer] {
-            let mut open = self.open_calls(direction).lock().expect("lock");
-            let keys: Vec<String> = open
-                .iter()
-                .filter(|(_, call)| call.forwarded_at().is_some_and(|at| at <= cutoff))
-                .map(|(key, _)| key.clone())
-                .collect();
-            due.extend(
-                keys.iter().filter_map(|key| open.remove(key)).map(|call| (direction, call)),
-            );
+            let taken: Vec<(String, OpenCall)> = {
+                let mut open = self.open_calls(direction).lock().expect("lock");
+                let keys: Vec<String> = open
+                    .iter()
+                    .filter(|(_, call)| call.forwarded_at().is_some_and(|at| at <= cutoff))
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|key| open.remove(&key).map(|call| (key, call)))
+                    .collect()
+            };
+            let mut timed_out = self.timed_out.lock().expect("lock");
+            for (key, call) in taken {
+                timed_out.insert((direction, key));
+                due.push((direction, call));
+            }
         }
         due
     }
@@ -686,17 +694,16 @@ async fn expire_calls(shared: Arc<Shared>, limit: Duration) {
             continue;
         }
         let cutoff = Instant::now().checked_sub(limit).unwrap_or(first);
-        for (direction, call) in shared.take_forwarded_by(cutoff) {
+        for (direction, call) in shared.time_out_forwarded_by(cutoff) {
             tokio::spawn(time_out(shared.clone(), direction, call, limit));
         }
     }
 }
 
-/// Ends `call`, which its peer did not answer within `limit`: records it, and answers its sender
-/// with an error.
+/// Ends `call`, which its peer did not answer within `limit` (already marked as timed out):
+/// records it, and answers its sender with an error.
 async fn time_out(shared: Arc<Shared>, direction: Direction, call: OpenCall, limit: Duration) {
     let Ok(id) = RawValue::from_string(call.request_id().to_owned()) else { return };
-    shared.timed_out.lock().expect("lock").insert((direction, id_key(&id)));
     let who = match direction {
         Direction::FromAgent => "the upstream MCP server",
         Direction::FromServer => "the agent",
