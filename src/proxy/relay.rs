@@ -138,21 +138,20 @@ impl Shared {
     fn time_out_forwarded_by(&self, cutoff: Instant) -> Vec<(Direction, OpenCall)> {
         let mut due = Vec::new();
         for direction in [Direction::FromAgent, Direction::FromServer] {
-            let taken: Vec<(String, OpenCall)> = {
-                let mut open = self.open_calls(direction).lock().expect("lock");
-                let keys: Vec<String> = open
-                    .iter()
-                    .filter(|(_, call)| call.forwarded_at().is_some_and(|at| at <= cutoff))
-                    .map(|(key, _)| key.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|key| open.remove(&key).map(|call| (key, call)))
-                    .collect()
-            };
+            // Both under the open calls' lock (then `timed_out`'s, the order the response path
+            // takes them in), so that no response finds its call neither open nor timed out.
+            let mut open = self.open_calls(direction).lock().expect("lock");
             let mut timed_out = self.timed_out.lock().expect("lock");
-            for (key, call) in taken {
-                timed_out.insert((direction, key));
-                due.push((direction, call));
+            let keys: Vec<String> = open
+                .iter()
+                .filter(|(_, call)| call.forwarded_at().is_some_and(|at| at <= cutoff))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in keys {
+                if let Some(call) = open.remove(&key) {
+                    timed_out.insert((direction, key));
+                    due.push((direction, call));
+                }
             }
         }
         due
@@ -495,13 +494,18 @@ fn plan_message(
                     ));
                 }
             }
-            if shared.timed_out.lock().expect("lock").remove(&(requester, key.clone())) {
-                // The requester already got a timeout error for this id; a second answer would
-                // confuse it, and this one was never recorded.
-                tracing::warn!(id = %key, "dropping a response that came after its call timed out");
-                return Some(async { Outcome::default() }.boxed());
-            }
-            let call = shared.open_calls(requester).lock().expect("lock").remove(&key)?;
+            let call = {
+                // Under the open calls' lock, as `expire_calls` takes a call out and marks it:
+                // a response finds its call either open or timed out, never neither.
+                let mut open = shared.open_calls(requester).lock().expect("lock");
+                if shared.timed_out.lock().expect("lock").remove(&(requester, key.clone())) {
+                    // The requester already got a timeout error for this id; a second answer
+                    // would confuse it, and this one was never recorded.
+                    tracing::warn!(id = %key, "dropping a response that came after its call timed out");
+                    return Some(async { Outcome::default() }.boxed());
+                }
+                open.remove(&key)?
+            };
             if requester == Direction::FromAgent {
                 call.answered_by_upstream();
             }
