@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn strings_escape_as_serde_json_does_wherever_the_escape_falls() {
-        // Long and short strings, with each byte JSON escapes at every position, so that both
-        // the sixteen-byte chunks of the check and its remainder see one.
+        // Long and short strings, with each byte JSON escapes at every position, so that the
+        // check's vectorised body and its scalar tail (lengths around 8, 16 and 32) both see one.
         for len in [0, 1, 15, 16, 17, 31, 32, 33, 70] {
             let plain = "é-x".repeat(len).chars().take(len).collect::<String>();
             let mut cases = vec![plain.clone()];
