@@ -201,6 +201,10 @@ async fn concurrent_appends_batch_into_one_gap_free_chain(ledger: TestLedger) {
     let stored = all_events(&store).await;
     assert_eq!(stored.len(), 300);
     assert!(verify_all(&stored).intact());
+    // Each caller got back its event as the ledger holds it, `data` and all.
+    let mut returned = committed;
+    returned.sort_by_key(|e| e.seq);
+    assert_eq!(returned, stored);
     store.close().await;
 }
 

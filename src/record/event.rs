@@ -285,20 +285,23 @@ impl Draft {
         }
     }
 
-    /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`.
+    /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`. Copies the
+    /// draft; the writer keeps its drafts and moves each into its event ([`Draft::into_event`]).
     pub fn seal(&self, chain_id: &str, seq: i64, prev_hash: &str, now: OffsetDateTime) -> Event {
-        self.seal_stamped(chain_id, seq, prev_hash, format_timestamp(now))
+        let seal = self.seal_stamped(chain_id, seq, prev_hash, format_timestamp(now));
+        self.clone().into_event(chain_id, seal)
     }
 
-    /// [`Draft::seal`] with the timestamp already formatted ([`format_timestamp`]): a batch's
-    /// events share one, so the writer formats it once per batch rather than once per event.
+    /// What sealing the draft at `seq` after `prev_hash`, stamped `timestamp`, gives it, with the
+    /// timestamp already formatted ([`format_timestamp`]): a batch's events share one, so the
+    /// writer formats it once per batch rather than once per event.
     pub fn seal_stamped(
         &self,
         chain_id: &str,
         seq: i64,
         prev_hash: &str,
         timestamp: String,
-    ) -> Event {
+    ) -> Seal {
         let computed;
         let parts = match &self.parts {
             Some(parts) => parts,
@@ -308,18 +311,24 @@ impl Draft {
             }
         };
         let hash = sha256_hex(&parts.splice(chain_id, prev_hash, seq, &timestamp));
+        Seal { seq, prev_hash: prev_hash.to_owned(), hash, timestamp }
+    }
+
+    /// The event this draft became when sealed into `chain_id` as `seal`. Moves the draft's
+    /// fields, `data` above all, instead of copying them.
+    pub fn into_event(self, chain_id: &str, seal: Seal) -> Event {
         let event = Event {
             chain_id: chain_id.to_owned(),
-            seq,
-            event_id: self.event_id.clone(),
+            seq: seal.seq,
+            event_id: self.event_id,
             event_type: self.event_type.as_str().to_owned(),
-            timestamp,
-            session_id: self.session_id.clone(),
-            agent: self.agent.clone(),
-            server: self.server.clone(),
-            data: self.data.clone(),
-            prev_hash: prev_hash.to_owned(),
-            hash,
+            timestamp: seal.timestamp,
+            session_id: self.session_id,
+            agent: self.agent,
+            server: self.server,
+            data: self.data,
+            prev_hash: seal.prev_hash,
+            hash: seal.hash,
         };
         #[cfg(debug_assertions)]
         assert_eq!(
@@ -330,6 +339,28 @@ impl Draft {
             "the spliced preimage differs from the canonical one"
         );
         event
+    }
+}
+
+/// What a chain assigns a draft when it seals it: its place, its time and its hash. The rest of
+/// the event is the draft's own ([`Draft::into_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub timestamp: String,
+}
+
+impl Seal {
+    /// The seal of an event read back from a ledger.
+    pub fn of(event: Event) -> Seal {
+        Seal {
+            seq: event.seq,
+            prev_hash: event.prev_hash,
+            hash: event.hash,
+            timestamp: event.timestamp,
+        }
     }
 }
 

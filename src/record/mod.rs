@@ -15,4 +15,4 @@ pub use body::{RecordedBody, Storage, pii_patterns, stored_body_ref};
 pub use canonical::{
     CanonicalError, canonical_bytes, canonical_value_bytes, payload_ref, sha256_hex,
 };
-pub use event::{Draft, Event, EventType, GENESIS_PREV_HASH, Payload, format_timestamp};
+pub use event::{Draft, Event, EventType, GENESIS_PREV_HASH, Payload, Seal, format_timestamp};

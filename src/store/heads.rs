@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{StoreError, seal_after};
-use crate::record::{Draft, Event};
+use crate::record::{Draft, Seal};
 
 /// How long guessing stays off after a lost race: other processes are appending too, and
 /// their heads would keep invalidating ours, so the store serialises on its lock instead of
@@ -45,15 +45,15 @@ impl HeadCache {
         conn: &mut C,
         chain_id: &str,
         drafts: &[Draft],
-        fast: impl AsyncFnOnce(&mut C, &[Event]) -> FastPath,
-        locked: impl AsyncFnOnce(&mut C) -> Result<Vec<Event>, StoreError>,
-    ) -> Result<Vec<Event>, StoreError> {
+        fast: impl AsyncFnOnce(&mut C, &[Seal]) -> FastPath,
+        locked: impl AsyncFnOnce(&mut C) -> Result<Vec<Seal>, StoreError>,
+    ) -> Result<Vec<Seal>, StoreError> {
         if let Some(head) = self.guess(chain_id) {
-            let events = seal_after(chain_id, Some(head), drafts);
-            match fast(conn, &events).await {
+            let seals = seal_after(chain_id, Some(head), drafts);
+            match fast(conn, &seals).await {
                 FastPath::Appended => {
-                    self.remember(chain_id, &events);
-                    return Ok(events);
+                    self.remember(chain_id, &seals);
+                    return Ok(seals);
                 }
                 FastPath::LostRace => self.lost_race(),
                 FastPath::Skipped => {}
@@ -65,7 +65,7 @@ impl HeadCache {
         }
         let appended = locked(conn).await;
         match &appended {
-            Ok(events) => self.remember(chain_id, events),
+            Ok(seals) => self.remember(chain_id, seals),
             Err(_) => self.forget(chain_id),
         }
         appended
@@ -82,9 +82,9 @@ impl HeadCache {
         self.heads.lock().expect("lock").get(chain_id).cloned()
     }
 
-    /// `events` were committed at the end of their chain.
-    fn remember(&self, chain_id: &str, events: &[Event]) {
-        if let Some(last) = events.last() {
+    /// `seals` were committed at the end of their chain.
+    fn remember(&self, chain_id: &str, seals: &[Seal]) {
+        if let Some(last) = seals.last() {
             self.heads
                 .lock()
                 .expect("lock")

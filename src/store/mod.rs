@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::Serialize;
 
-use crate::record::{CanonicalError, Draft, Event};
+use crate::record::{CanonicalError, Draft, Event, Seal};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -110,8 +110,25 @@ pub struct ProvenanceRow {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Seals `drafts` in order after the chain's current head and commits them, with the payload
-    /// bodies they reference, in one transaction. Returns the sealed events.
-    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError>;
+    /// bodies they reference, in one transaction. Returns each draft's seal, in order: the group
+    /// commit writer moves every draft into its event ([`Draft::into_event`]) rather than copying
+    /// its `data`.
+    async fn seal_and_commit(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Seal>, StoreError>;
+
+    /// [`Store::seal_and_commit`], returning the sealed events (copies of the drafts).
+    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
+        let seals = self.seal_and_commit(chain_id, drafts).await?;
+        Ok(drafts
+            .iter()
+            .cloned()
+            .zip(seals)
+            .map(|(draft, seal)| draft.into_event(chain_id, seal))
+            .collect())
+    }
 
     /// Settles an append of `drafts` to `chain_id` whose outcome is unknown, because it failed
     /// after it may have reached the database or was abandoned mid-way: waits until nothing it
@@ -452,7 +469,7 @@ fn settled(drafts: &[Draft], found: Vec<Event>) -> Result<Option<Vec<Event>>, St
 }
 
 /// Seals `drafts` after the head `(seq, hash)`; shared by both stores so sealing is identical.
-fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> Vec<Event> {
+fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> Vec<Seal> {
     let (mut seq, mut prev) =
         head.unwrap_or_else(|| (0, crate::record::GENESIS_PREV_HASH.to_owned()));
     let timestamp = crate::record::format_timestamp(time::OffsetDateTime::now_utc());
@@ -460,9 +477,9 @@ fn seal_after(chain_id: &str, head: Option<(i64, String)>, drafts: &[Draft]) -> 
         .iter()
         .map(|draft| {
             seq += 1;
-            let event = draft.seal_stamped(chain_id, seq, &prev, timestamp.clone());
-            prev.clone_from(&event.hash);
-            event
+            let seal = draft.seal_stamped(chain_id, seq, &prev, timestamp.clone());
+            prev.clone_from(&seal.hash);
+            seal
         })
         .collect()
 }

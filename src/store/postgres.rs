@@ -25,7 +25,7 @@ use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint, seal_after,
     unique_payloads,
 };
-use crate::record::{Draft, Event, Payload};
+use crate::record::{Draft, Event, Payload, Seal};
 
 /// `SELECT` of every column of `mcp_ledger.events` (in the order `event_from_row` reads them), followed by
 /// the rest of the query.
@@ -149,7 +149,7 @@ impl PostgresStore {
         chain_id: &str,
         drafts: &[Draft],
         payloads: &[&Payload],
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<Seal>, StoreError> {
         let mut tx = conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(chain_lock_key(chain_id))
@@ -161,10 +161,10 @@ impl PostgresStore {
         .bind(chain_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let events = seal_after(chain_id, head, drafts);
-        insert_rows(chain_id, &events, drafts, payloads).execute(&mut *tx).await?;
+        let seals = seal_after(chain_id, head, drafts);
+        insert_rows(chain_id, &seals, drafts, payloads).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(events)
+        Ok(seals)
     }
 
     /// Ends the server session `backend` (an append's, whose outcome is unknown) and waits
@@ -196,13 +196,13 @@ impl PostgresStore {
         conn: &mut PgConnection,
         chain_id: &str,
         drafts: &[Draft],
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<Seal>, StoreError> {
         let payloads = unique_payloads(drafts);
         // Fast path: extend the head this process wrote last, in one autocommitted statement
         // (one round trip) that takes the chain's lock before inserting. If another process
         // extended the chain meanwhile, the primary key refuses our seq and nothing is written.
-        let fast = async |conn: &mut PgConnection, events: &[Event]| {
-            let inserted = insert_rows(chain_id, events, drafts, &payloads).execute(conn).await;
+        let fast = async |conn: &mut PgConnection, seals: &[Seal]| {
+            let inserted = insert_rows(chain_id, seals, drafts, &payloads).execute(conn).await;
             match inserted {
                 Ok(_) => FastPath::Appended,
                 Err(error) if is_lost_race(&error) => FastPath::LostRace,
@@ -252,33 +252,33 @@ const INSERT_EVENTS: &str = "\
         $10::text[], $11::text[], $12::text[]::jsonb[], $13::text[], $14::text[]) \
     WHERE EXISTS (SELECT FROM pg_advisory_xact_lock($15))";
 
-/// [`INSERT_EVENTS`] with its arguments. `events` all belong to `chain_id` and were sealed from
-/// `drafts`, in step; `data` is bound as the drafts' canonical text, computed before the batch
-/// reached the writer, instead of being serialised again here.
+/// [`INSERT_EVENTS`] with its arguments: the events `drafts` become in `chain_id` with `seals`
+/// (in step). `data` is bound as the drafts' canonical text, computed before the batch reached
+/// the writer, instead of being serialised again here.
 fn insert_rows<'a>(
     chain_id: &'a str,
-    events: &'a [Event],
+    seals: &'a [Seal],
     drafts: &'a [Draft],
     payloads: &[&'a Payload],
 ) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
-    fn column<'a, T>(events: &'a [Event], field: impl Fn(&'a Event) -> T) -> Vec<T> {
-        events.iter().map(field).collect()
+    fn column<'a, T, R>(rows: &'a [R], field: impl Fn(&'a R) -> T) -> Vec<T> {
+        rows.iter().map(field).collect()
     }
     sqlx::query(INSERT_EVENTS)
-        .bind(payloads.iter().map(|p| p.reference.as_str()).collect::<Vec<_>>())
-        .bind(payloads.iter().map(|p| p.body.as_str()).collect::<Vec<_>>())
-        .bind(payloads.iter().map(|p| p.size() as i64).collect::<Vec<_>>())
+        .bind(column(payloads, |p| p.reference.as_str()))
+        .bind(column(payloads, |p| p.body.as_str()))
+        .bind(column(payloads, |p| p.size() as i64))
         .bind(chain_id)
-        .bind(column(events, |e| e.seq))
-        .bind(column(events, |e| e.event_id.as_str()))
-        .bind(column(events, |e| e.event_type.as_str()))
-        .bind(column(events, |e| e.timestamp.as_str()))
-        .bind(column(events, |e| e.session_id.as_deref()))
-        .bind(column(events, |e| e.agent.as_deref()))
-        .bind(column(events, |e| e.server.as_deref()))
-        .bind(drafts.iter().map(Draft::data_json).collect::<Vec<_>>())
-        .bind(column(events, |e| e.prev_hash.as_str()))
-        .bind(column(events, |e| e.hash.as_str()))
+        .bind(column(seals, |s| s.seq))
+        .bind(column(drafts, |d| d.event_id.as_str()))
+        .bind(column(drafts, |d| d.event_type.as_str()))
+        .bind(column(seals, |s| s.timestamp.as_str()))
+        .bind(column(drafts, |d| d.session_id.as_deref()))
+        .bind(column(drafts, |d| d.agent.as_deref()))
+        .bind(column(drafts, |d| d.server.as_deref()))
+        .bind(column(drafts, Draft::data_json))
+        .bind(column(seals, |s| s.prev_hash.as_str()))
+        .bind(column(seals, |s| s.hash.as_str()))
         .bind(chain_lock_key(chain_id))
 }
 
@@ -322,7 +322,11 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<Event, StoreError> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
+    async fn seal_and_commit(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Seal>, StoreError> {
         self.appender
             .append(&self.pool, async |conn| self.append_on(conn, chain_id, drafts).await)
             .await

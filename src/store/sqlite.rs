@@ -26,7 +26,7 @@ use super::{
     NewCheckpoint, ProvenanceRow, Store, StoreError, StoreOptions, StoredCheckpoint,
     ensure_parent_dir, seal_after, unique_payloads,
 };
-use crate::record::{Draft, Event, Payload};
+use crate::record::{Draft, Event, Payload, Seal};
 
 mod pages;
 
@@ -149,12 +149,12 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         chain_id: &str,
         drafts: &[Draft],
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<Seal>, StoreError> {
         let payloads = unique_payloads(drafts);
-        let fast = async |conn: &mut SqliteConnection, events: &[Event]| {
+        let fast = async |conn: &mut SqliteConnection, seals: &[Seal]| {
             let created_at = now();
             let mut script = QueryBuilder::new("BEGIN IMMEDIATE; ");
-            push_inserts_and_commit(&mut script, events, drafts, &payloads, &created_at);
+            push_inserts_and_commit(&mut script, chain_id, seals, drafts, &payloads, &created_at);
             match script.build().execute(&mut *conn).await {
                 Ok(_) => FastPath::Appended,
                 // The script's BEGIN IMMEDIATE could not take the write lock, so nothing was
@@ -188,11 +188,11 @@ async fn append_locked(
     drafts: &[Draft],
     payloads: &[&Payload],
     lock_timeout: Duration,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<Vec<Seal>, StoreError> {
     let deadline = Instant::now() + lock_timeout;
     loop {
         match append_once(conn, chain_id, drafts, payloads).await? {
-            Attempt::Appended(events) => return Ok(events),
+            Attempt::Appended(seals) => return Ok(seals),
             Attempt::LockBusy(error) if Instant::now() >= deadline => return Err(error.into()),
             Attempt::LockBusy(_) => tokio::time::sleep(WRITE_LOCK_RETRY).await,
         }
@@ -200,7 +200,7 @@ async fn append_locked(
 }
 
 enum Attempt {
-    Appended(Vec<Event>),
+    Appended(Vec<Seal>),
     /// Another connection held the write lock; nothing was done.
     LockBusy(sqlx::Error),
 }
@@ -234,15 +234,15 @@ async fn append_once(
             return Err(error.into());
         }
     };
-    let events = seal_after(chain_id, head, drafts);
+    let seals = seal_after(chain_id, head, drafts);
     let created_at = now();
     let mut script = QueryBuilder::new("");
-    push_inserts_and_commit(&mut script, &events, drafts, payloads, &created_at);
+    push_inserts_and_commit(&mut script, chain_id, &seals, drafts, payloads, &created_at);
     if let Err(error) = script.build().execute(&mut *conn).await {
         roll_back(conn).await;
         return Err(error.into());
     }
-    Ok(Attempt::Appended(events))
+    Ok(Attempt::Appended(seals))
 }
 
 /// Ends the transaction a script left open when it stopped part-way; whether that worked (it
@@ -251,20 +251,21 @@ async fn roll_back(conn: &mut SqliteConnection) -> bool {
     sqlx::query("ROLLBACK").execute(conn).await.is_ok()
 }
 
-/// Pushes onto a script whose transaction is open the inserts of `events` (sealed from `drafts`
-/// in step) and of `payloads`, then `COMMIT`. SQLite's limit on bound parameters is per
-/// statement, and sqlx binds a script's arguments statement by statement, so a batch of any
-/// size is one script.
+/// Pushes onto a script whose transaction is open the inserts of the events `drafts` become in
+/// `chain_id` with `seals` (in step) and of `payloads`, then `COMMIT`. SQLite's limit on bound
+/// parameters is per statement, and sqlx binds a script's arguments statement by statement, so a
+/// batch of any size is one script.
 fn push_inserts_and_commit<'a>(
     script: &mut QueryBuilder<'a, Sqlite>,
-    events: &'a [Event],
+    chain_id: &'a str,
+    seals: &'a [Seal],
     drafts: &'a [Draft],
     payloads: &[&'a Payload],
     created_at: &'a str,
 ) {
-    let rows = events.chunks(MAX_ROWS_PER_INSERT).zip(drafts.chunks(MAX_ROWS_PER_INSERT));
-    for (events, drafts) in rows {
-        push_insert_events(script, events, drafts);
+    let rows = seals.chunks(MAX_ROWS_PER_INSERT).zip(drafts.chunks(MAX_ROWS_PER_INSERT));
+    for (seals, drafts) in rows {
+        push_insert_events(script, chain_id, seals, drafts);
         script.push("; ");
     }
     for chunk in payloads.chunks(MAX_ROWS_PER_INSERT) {
@@ -274,30 +275,31 @@ fn push_inserts_and_commit<'a>(
     script.push("COMMIT");
 }
 
-/// `INSERT INTO events` of `events`, sealed from `drafts` in step. `data` is stored as the
-/// drafts' canonical text, computed before the batch reached the writer: the text the hash
-/// covers, serialised once.
+/// `INSERT INTO events` of the events `drafts` become in `chain_id` with `seals` (in step).
+/// `data` is stored as the drafts' canonical text, computed before the batch reached the writer:
+/// the text the hash covers, serialised once.
 fn push_insert_events<'a>(
     sql: &mut QueryBuilder<'a, Sqlite>,
-    events: &'a [Event],
+    chain_id: &'a str,
+    seals: &'a [Seal],
     drafts: &'a [Draft],
 ) {
     sql.push(
         "INSERT INTO events (chain_id, seq, event_id, event_type, timestamp, session_id, agent, \
          server, data, prev_hash, hash) ",
     );
-    sql.push_values(events.iter().zip(drafts), |mut row, (e, draft)| {
-        row.push_bind(&e.chain_id)
-            .push_bind(e.seq)
-            .push_bind(&e.event_id)
-            .push_bind(&e.event_type)
-            .push_bind(&e.timestamp)
-            .push_bind(&e.session_id)
-            .push_bind(&e.agent)
-            .push_bind(&e.server)
+    sql.push_values(seals.iter().zip(drafts), |mut row, (seal, draft)| {
+        row.push_bind(chain_id)
+            .push_bind(seal.seq)
+            .push_bind(&draft.event_id)
+            .push_bind(draft.event_type.as_str())
+            .push_bind(&seal.timestamp)
+            .push_bind(&draft.session_id)
+            .push_bind(&draft.agent)
+            .push_bind(&draft.server)
             .push_bind(draft.data_json())
-            .push_bind(&e.prev_hash)
-            .push_bind(&e.hash);
+            .push_bind(&seal.prev_hash)
+            .push_bind(&seal.hash);
     });
 }
 
@@ -336,7 +338,11 @@ fn is_busy(error: &sqlx::Error) -> bool {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
+    async fn seal_and_commit(
+        &self,
+        chain_id: &str,
+        drafts: &[Draft],
+    ) -> Result<Vec<Seal>, StoreError> {
         self.appender
             .append(&self.pool, async |conn| self.append_on(conn, chain_id, drafts).await)
             .await

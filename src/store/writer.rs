@@ -94,9 +94,10 @@ async fn run(
             drafts.extend(job.drafts);
         }
         let started = Instant::now();
-        let outcome = commit(&*store, &chain_id, &drafts, commit_timeout).await;
+        let batch_len = drafts.len();
+        let outcome = commit(&*store, &chain_id, drafts, commit_timeout).await;
         let metrics = crate::telemetry::metrics();
-        metrics.ledger_batch(started.elapsed(), drafts.len(), outcome.is_ok());
+        metrics.ledger_batch(started.elapsed(), batch_len, outcome.is_ok());
         match outcome {
             Ok(events) => {
                 tracing::debug!(batch = events.len(), "ledger batch committed");
@@ -108,7 +109,7 @@ async fn run(
                 }
             }
             Err(error) => {
-                tracing::error!(%error, batch = drafts.len(), "ledger append failed; failing the batch closed");
+                tracing::error!(%error, batch = batch_len, "ledger append failed; failing the batch closed");
                 let error = AppendError::Store(Arc::new(error));
                 for (_, _, waiter) in waiters {
                     let _ = waiter.send(Err(error.clone()));
@@ -123,22 +124,26 @@ async fn run(
 /// that committed after all is a success. A batch that certainly did not commit because the
 /// connection was lost is tried once more on a new one. Each step takes at most
 /// `commit_timeout`, and all of them together twice that, so a call still fails closed in
-/// bounded time.
+/// bounded time. The drafts are kept until the outcome is known, for the settling and the try
+/// again; committed, each is moved into its event.
 async fn commit(
     store: &dyn Store,
     chain_id: &str,
-    drafts: &[Draft],
+    drafts: Vec<Draft>,
     commit_timeout: Duration,
 ) -> Result<Vec<Event>, StoreError> {
     let deadline = Instant::now() + 2 * commit_timeout;
     let step = || deadline.saturating_duration_since(Instant::now()).min(commit_timeout);
     let mut retried = false;
     loop {
-        let error = match bounded(step(), store.append(chain_id, drafts)).await {
-            Ok(events) => return Ok(events),
+        let error = match bounded(step(), store.seal_and_commit(chain_id, &drafts)).await {
+            Ok(seals) => {
+                let events = drafts.into_iter().zip(seals);
+                return Ok(events.map(|(draft, seal)| draft.into_event(chain_id, seal)).collect());
+            }
             Err(error) => error,
         };
-        match settle_failed(store, chain_id, drafts, &error, Some(step())).await {
+        match settle_failed(store, chain_id, &drafts, &error, Some(step())).await {
             Settled::Committed(events) => return Ok(events),
             Settled::NotCommitted
                 if !retried && error.is_connection_lost() && !step().is_zero() =>

@@ -130,7 +130,10 @@ async fn grow(store: &dyn Store, mut size: u64, target: u64) -> anyhow::Result<u
     while size < target {
         let n = (target - size).min(BUILD_BATCH as u64);
         let drafts: Vec<Draft> = (0..n).map(|i| draft(&session, size + i)).collect();
-        store.append(DEFAULT_CHAIN, &drafts).await.context("cannot append to the ledger")?;
+        store
+            .seal_and_commit(DEFAULT_CHAIN, &drafts)
+            .await
+            .context("cannot append to the ledger")?;
         size += n;
     }
     Ok(size - start)
