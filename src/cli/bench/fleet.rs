@@ -4,8 +4,8 @@
 //! A round is a fixed number of calls shared by one caller task per session, each calling as
 //! fast as its answers come back. Around every measured round the fleet reads the CPU time of
 //! its proxy processes, of the Postgres backends serving the ledger, of the bench process (the
-//! clients and the HTTP upstream), and how busy the whole machine was; warm-up rounds are not
-//! counted.
+//! clients and the HTTP upstream), how long each proxy thread ran or waited for a CPU, and how
+//! busy the whole machine was; warm-up rounds are not counted.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
 use super::http_client::HttpSession;
-use super::procstat::{self, MachineCpu};
+use super::procstat::{self, MachineCpu, ThreadTime};
 use super::scratch::PgProbe;
 use super::serve_child::{ServeProcess, Upstream};
 use super::serve_metrics::{self, StageTimings};
@@ -136,6 +136,8 @@ struct Measured {
     proxy_cpu: Option<Duration>,
     pg_cpu: Option<Duration>,
     bench_cpu: Option<Duration>,
+    /// Each proxy thread's time in the measured rounds, by (process id, thread id).
+    proxy_threads: HashMap<(u32, u32), ThreadTime>,
     /// Busy share of the machine times the round's duration, summed: a time-weighted mean.
     machine_busy: Option<f64>,
     windows: Vec<Window>,
@@ -144,6 +146,8 @@ struct Measured {
 /// CPU and memory readings at the start or end of a round.
 struct Reading {
     proxy: Option<Duration>,
+    /// Every thread of the proxy processes, by (process id, thread id).
+    proxy_threads: HashMap<(u32, u32), ThreadTime>,
     bench: Option<Duration>,
     pg: Option<HashMap<u32, Duration>>,
     machine: Option<MachineCpu>,
@@ -182,6 +186,32 @@ pub struct Cost {
     pub bench_cpu_us_per_call: Option<f64>,
     /// The share of the machine's CPU capacity (every core) in use during the measured rounds.
     pub machine_busy: Option<f64>,
+    /// The proxy thread that ran or waited to run the most in the measured rounds. `serve` runs
+    /// on one thread by default: when that thread is near 100 % on a CPU or waiting for one, it
+    /// paces the mode, however idle the machine's other CPU looks.
+    pub busiest_proxy_thread: Option<ThreadShare>,
+}
+
+/// What share of some wall time a thread spent on a CPU, and runnable but waiting for one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ThreadShare {
+    pub running: f64,
+    pub waiting: f64,
+}
+
+impl ThreadShare {
+    /// The busiest of `threads` (running plus waiting) over `wall`; `None` without threads.
+    fn busiest<'a>(
+        threads: impl IntoIterator<Item = &'a ThreadTime>,
+        wall: Duration,
+    ) -> Option<Self> {
+        let busiest = threads.into_iter().max_by_key(|t| t.running + t.waiting)?;
+        let wall = wall.as_secs_f64();
+        (wall > 0.0).then(|| ThreadShare {
+            running: busiest.running.as_secs_f64() / wall,
+            waiting: busiest.waiting.as_secs_f64() / wall,
+        })
+    }
 }
 
 impl Fleet {
@@ -266,6 +296,13 @@ impl Fleet {
         m.windows.push(Window { start, end });
         add(&mut m.proxy_cpu, diff(before.proxy, after.proxy));
         add(&mut m.bench_cpu, diff(before.bench, after.bench));
+        for (thread, time) in &after.proxy_threads {
+            // A thread that started during the round counts from zero.
+            let start = before.proxy_threads.get(thread).copied().unwrap_or_default();
+            let total = m.proxy_threads.entry(*thread).or_default();
+            total.running += time.running.saturating_sub(start.running);
+            total.waiting += time.waiting.saturating_sub(start.waiting);
+        }
         if let (Some(before), Some(after)) = (&before.pg, &after.pg) {
             // A backend that connected during the round counts from zero.
             let used = after
@@ -330,8 +367,15 @@ impl Fleet {
             }),
             None => None,
         };
+        let proxy_threads = self
+            .proxy_pids
+            .iter()
+            .filter_map(|&pid| Some((pid, procstat::thread_times(pid)?)))
+            .flat_map(|(pid, threads)| threads.into_iter().map(move |(tid, t)| ((pid, tid), t)))
+            .collect();
         Reading {
             proxy,
+            proxy_threads,
             bench: procstat::cpu_time(procstat::own_pid()),
             pg,
             machine: MachineCpu::now(),
@@ -382,6 +426,7 @@ impl Fleet {
                 .machine_busy
                 .filter(|_| !m.busy.is_zero())
                 .map(|weighted| weighted / m.busy.as_secs_f64()),
+            busiest_proxy_thread: ThreadShare::busiest(m.proxy_threads.values(), m.busy),
         };
         Ok(FleetOutcome {
             transport: self.transport,
@@ -403,5 +448,24 @@ fn diff(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
 fn add(total: &mut Option<Duration>, more: Option<Duration>) {
     if let Some(more) = more {
         *total = Some(total.unwrap_or_default() + more);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_thread_is_the_one_that_ran_or_waited_longest() {
+        let ms = Duration::from_millis;
+        let threads = [
+            ThreadTime { running: ms(600), waiting: ms(50) },
+            ThreadTime { running: ms(500), waiting: ms(400) },
+            ThreadTime { running: ms(10), waiting: ms(0) },
+        ];
+        let busiest = ThreadShare::busiest(&threads, ms(1000)).expect("threads over a wall time");
+        assert_eq!(busiest, ThreadShare { running: 0.5, waiting: 0.4 });
+        assert_eq!(ThreadShare::busiest(&[], ms(1000)), None);
+        assert_eq!(ThreadShare::busiest(&threads, Duration::ZERO), None);
     }
 }

@@ -3,11 +3,26 @@
 //! machine was. Read from `/proc` on Linux; elsewhere every reading is absent and the report says
 //! "n/a" rather than guessing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// CPU time a process has used so far (user + system, all threads).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     imp::cpu_time(pid)
+}
+
+/// How one thread has used the CPUs so far (`/proc/PID/task/TID/schedstat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadTime {
+    /// On a CPU.
+    pub running: Duration,
+    /// Runnable, but waiting in a run queue for a CPU.
+    pub waiting: Duration,
+}
+
+/// Every thread of a process, by thread id.
+pub fn thread_times(pid: u32) -> Option<HashMap<u32, ThreadTime>> {
+    imp::thread_times(pid)
 }
 
 /// The resident set now (`VmRSS`) and its high-water mark (`VmHWM`), in bytes.
@@ -67,7 +82,7 @@ mod imp {
     use procfs::process::Process;
     use procfs::{CpuInfo, Current, CurrentSI, KernelStats, LoadAverage, Meminfo};
 
-    use super::{MachineCpu, Memory};
+    use super::{HashMap, MachineCpu, Memory, ThreadTime};
 
     fn ticks(ticks: u64) -> Duration {
         Duration::from_secs_f64(ticks as f64 / procfs::ticks_per_second() as f64)
@@ -76,6 +91,19 @@ mod imp {
     pub fn cpu_time(pid: u32) -> Option<Duration> {
         let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
         Some(ticks(stat.utime + stat.stime))
+    }
+
+    pub fn thread_times(pid: u32) -> Option<HashMap<u32, ThreadTime>> {
+        let tasks = Process::new(i32::try_from(pid).ok()?).ok()?.tasks().ok()?;
+        let times = tasks.flatten().filter_map(|task| {
+            let stat = task.schedstat().ok()?;
+            let time = ThreadTime {
+                running: Duration::from_nanos(stat.sum_exec_runtime),
+                waiting: Duration::from_nanos(stat.run_delay),
+            };
+            Some((u32::try_from(task.tid).ok()?, time))
+        });
+        Some(times.collect())
     }
 
     pub fn memory(pid: u32) -> Option<Memory> {
@@ -114,9 +142,13 @@ mod imp {
 mod imp {
     use std::time::Duration;
 
-    use super::{MachineCpu, Memory};
+    use super::{HashMap, MachineCpu, Memory, ThreadTime};
 
     pub fn cpu_time(_pid: u32) -> Option<Duration> {
+        None
+    }
+
+    pub fn thread_times(_pid: u32) -> Option<HashMap<u32, ThreadTime>> {
         None
     }
 
@@ -151,6 +183,9 @@ mod tests {
         let memory = memory(pid).expect("own /proc status");
         assert!(memory.rss > 0 && memory.peak >= memory.rss, "{memory:?}");
         assert!(cpu_time(pid).is_some());
+        let threads = thread_times(pid).expect("own /proc tasks");
+        assert!(threads.contains_key(&pid), "the main thread's id is the process's: {threads:?}");
+        assert!(threads.values().any(|t| !t.running.is_zero()), "{threads:?}");
         let (before, after) = (MachineCpu::now().expect("stat"), MachineCpu::now().expect("stat"));
         assert!((0.0..=1.0).contains(&before.busy_share_until(&after)));
     }
@@ -160,5 +195,6 @@ mod tests {
         // Above the kernel's pid_max limit (4194304), so never a live process.
         assert_eq!(cpu_time(u32::MAX / 2), None);
         assert_eq!(memory(u32::MAX / 2), None);
+        assert_eq!(thread_times(u32::MAX / 2), None);
     }
 }

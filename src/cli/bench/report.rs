@@ -318,7 +318,10 @@ impl Report {
                     "Near its ceiling, a mode is paced by the CPU. A busy writer alone is no proof \
                      that commits pace it: batches grow until the writer is busy either way. \
                      Without the proxy = the ceiling if the proxy's own CPU were zero (Postgres \
-                     and the bench still use theirs)."
+                     and the bench still use theirs). Busiest proxy thread = its share of the \
+                     measured time on a CPU + runnable but waiting for one: near 100 %, that \
+                     thread paces the mode (serve runs on one by default) before the machine is \
+                     full."
                 );
             }
         }
@@ -536,6 +539,7 @@ impl Report {
             "ceiling (x)",
             "without the proxy (x)",
             "writer busy",
+            "busiest proxy thread",
         ]);
         let bounds = self.bounds();
         for BoundsRow { transport, sessions, mode, bounds: b } in &bounds {
@@ -556,9 +560,14 @@ impl Report {
                 b.against_direct(b.cpu_ceiling),
                 b.ceiling_without_proxy.map(|r| b.against_direct(r)).unwrap_or("-".into()),
                 b.writer_busy.map(|w| format!("{:.0}%", w * 100.0)).unwrap_or("-".into()),
+                c.busiest_proxy_thread
+                    .map(|t| {
+                        format!("{:.0}% + {:.0}% waiting", t.running * 100.0, t.waiting * 100.0)
+                    })
+                    .unwrap_or("-".into()),
             ]);
         }
-        align_right(&mut table, 3..10);
+        align_right(&mut table, 3..11);
         (!bounds.is_empty()).then_some(table)
     }
 
