@@ -320,8 +320,8 @@ impl Report {
                      Without the proxy = the ceiling if the proxy's own CPU were zero (Postgres \
                      and the bench still use theirs). Busiest proxy thread = its share of the \
                      measured time on a CPU + runnable but waiting for one: near 100 %, that \
-                     thread paces the mode (serve runs on one by default) before the machine is \
-                     full."
+                     thread can pace the mode (serve runs on one by default) before the machine \
+                     is full."
                 );
             }
         }
