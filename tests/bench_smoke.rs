@@ -91,6 +91,11 @@ async fn a_quick_run_reports_every_part_and_leaves_complete_verified_ledgers() {
             if cfg!(target_os = "linux") {
                 assert!(row["proxy_cpu_us_per_call"].is_number(), "{row}");
                 assert!(row["proxy_peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{row}");
+                // One thread's share of wall time on a CPU cannot pass 1 (beyond rounding).
+                let thread = &row["busiest_proxy_thread"];
+                let running = thread["running"].as_f64();
+                assert!(running.is_some_and(|r| r > 0.0 && r <= 1.05), "{row}");
+                assert!(thread["waiting"].as_f64().is_some_and(|w| w >= 0.0), "{row}");
             }
         }
         if with_postgres && scenario["transport"] == "http" {
