@@ -352,18 +352,6 @@ pub struct Seal {
     pub timestamp: String,
 }
 
-impl Seal {
-    /// The seal of an event read back from a ledger.
-    pub fn of(event: Event) -> Seal {
-        Seal {
-            seq: event.seq,
-            prev_hash: event.prev_hash,
-            hash: event.hash,
-            timestamp: event.timestamp,
-        }
-    }
-}
-
 /// RFC 3339 in UTC with exactly six fractional digits and a `Z`, so the text sorts in time order
 /// and every language's parser reads it.
 pub fn format_timestamp(at: OffsetDateTime) -> String {
