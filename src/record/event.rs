@@ -286,10 +286,10 @@ impl Draft {
     }
 
     /// Seals the draft as the event after `prev_hash` at `seq`, stamped with `now`. Copies the
-    /// draft; the writer keeps its drafts and moves each into its event ([`Draft::into_event`]).
+    /// draft's fields; the writer moves each of its drafts into its event ([`Draft::into_event`]).
     pub fn seal(&self, chain_id: &str, seq: i64, prev_hash: &str, now: OffsetDateTime) -> Event {
         let seal = self.seal_stamped(chain_id, seq, prev_hash, format_timestamp(now));
-        self.clone().into_event(chain_id, seal)
+        self.to_event(chain_id, seal)
     }
 
     /// What sealing the draft at `seq` after `prev_hash`, stamped `timestamp`, gives it, with the
@@ -312,6 +312,22 @@ impl Draft {
         };
         let hash = sha256_hex(&parts.splice(chain_id, prev_hash, seq, &timestamp));
         Seal { seq, prev_hash: prev_hash.to_owned(), hash, timestamp }
+    }
+
+    /// [`Draft::into_event`] for a draft its caller keeps: copies the event's fields, not the
+    /// payload bodies or the canonical text the draft also holds.
+    pub fn to_event(&self, chain_id: &str, seal: Seal) -> Event {
+        let fields = Draft {
+            event_id: self.event_id.clone(),
+            event_type: self.event_type,
+            session_id: self.session_id.clone(),
+            agent: self.agent.clone(),
+            server: self.server.clone(),
+            data: self.data.clone(),
+            payloads: Vec::new(),
+            parts: None,
+        };
+        fields.into_event(chain_id, seal)
     }
 
     /// The event this draft became when sealed into `chain_id` as `seal`. Moves the draft's

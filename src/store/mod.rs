@@ -119,15 +119,10 @@ pub trait Store: Send + Sync + 'static {
         drafts: &[Draft],
     ) -> Result<Vec<Seal>, StoreError>;
 
-    /// [`Store::seal_and_commit`], returning the sealed events (copies of the drafts).
+    /// [`Store::seal_and_commit`], returning the sealed events (copies of the drafts' fields).
     async fn append(&self, chain_id: &str, drafts: &[Draft]) -> Result<Vec<Event>, StoreError> {
         let seals = self.seal_and_commit(chain_id, drafts).await?;
-        Ok(drafts
-            .iter()
-            .cloned()
-            .zip(seals)
-            .map(|(draft, seal)| draft.into_event(chain_id, seal))
-            .collect())
+        Ok(drafts.iter().zip(seals).map(|(draft, seal)| draft.to_event(chain_id, seal)).collect())
     }
 
     /// Settles an append of `drafts` to `chain_id` whose outcome is unknown, because it failed

@@ -188,7 +188,7 @@ pub struct Cost {
     pub machine_busy: Option<f64>,
     /// The proxy thread that ran or waited to run the most in the measured rounds. `serve` runs
     /// on one thread by default: when that thread is near 100 % on a CPU or waiting for one, it
-    /// paces the mode, however idle the machine's other CPU looks.
+    /// can pace the mode, however idle the machine's other CPU looks.
     pub busiest_proxy_thread: Option<ThreadShare>,
 }
 
