@@ -707,7 +707,6 @@ async fn expire_calls(shared: Arc<Shared>, limit: Duration) {
 /// Ends `call`, which its peer did not answer within `limit` (already marked as timed out):
 /// records it, and answers its sender with an error.
 async fn time_out(shared: Arc<Shared>, direction: Direction, call: OpenCall, limit: Duration) {
-    let Ok(id) = RawValue::from_string(call.request_id().to_owned()) else { return };
     let who = match direction {
         Direction::FromAgent => "the upstream MCP server",
         Direction::FromServer => "the agent",
@@ -722,7 +721,10 @@ async fn time_out(shared: Arc<Shared>, direction: Direction, call: OpenCall, lim
     if let Err(error) = finished.instrument(call.span().clone()).await {
         tracing::error!(%error, call_id = %call.call_id, "could not record a timed-out call");
     }
-    if let Some(requester) = shared.requester(direction) {
+    // The id is the sender's own JSON, read as such when the call opened.
+    if let Some(requester) = shared.requester(direction)
+        && let Ok(id) = RawValue::from_string(call.request_id().to_owned())
+    {
         let _ = requester.send(error_response(&id, UPSTREAM_GONE, &reason, "timeout")).await;
     }
 }
